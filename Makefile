@@ -1,0 +1,68 @@
+# Sterling's two commands: `make demo` and `make test`. Both do all set-up
+# themselves on a fresh machine (virtual environment, pip, npm and Debian
+# packages) and are quick when nothing changed: each step leaves a stamp that
+# is newer than the files it depends on.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMPS := .make
+# Debian packages the project needs (none yet; the browser tests add chromium).
+DEBS   :=
+PYTEST_ARGS ?=
+
+.PHONY: help setup demo test lint typecheck unit bench clean
+
+help:
+	@echo "make demo    run the end-to-end demo (sets everything up first)"
+	@echo "make test    install everything, lint, type-check and run every test"
+	@echo "make bench   run every benchmark and print its figures"
+	@echo "make clean   remove the virtual environment, node_modules and stamps"
+
+setup: $(STAMPS)/python $(STAMPS)/node $(STAMPS)/debian
+
+$(STAMPS):
+	mkdir -p $(STAMPS)
+
+$(STAMPS)/debian: Makefile | $(STAMPS)
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
+	touch $@
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMPS)/python: $(BIN)/python pyproject.toml requirements.lock | $(STAMPS)
+	$(BIN)/python -m pip install --quiet --upgrade "pip==26.3"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+	touch $@
+
+$(STAMPS)/node: package.json package-lock.json | $(STAMPS)
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+demo: setup
+	$(BIN)/sterling demo
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test: lint typecheck
+	$(BIN)/sterling chain compile --check
+	$(BIN)/pytest -q -n 2 --timeout=600 $(PYTEST_ARGS)
+
+bench: setup
+	@for b in $$($(BIN)/sterling bench list); do $(BIN)/sterling bench $$b; done
+
+clean:
+	rm -rf $(VENV) node_modules $(STAMPS)

@@ -1,0 +1,202 @@
+"""Gas per Marketplace call, and transactions per second through Sterling's client.
+
+Run: `sterling bench chain --format json`.
+
+Both chains run the same workload in one run: deploy, register an enclave,
+publish, then N job lifecycles (submit → claim → complete), every
+transaction signed locally and waited for by `Transactor`. Gas comes from
+the receipts on the embedded chain (the same EVM rules as anvil).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.table import Table
+
+from sterling.chain import digests, node
+from sterling.chain.marketplace import AllowListPolicy, CredentialPolicy, Marketplace
+from sterling.chain.node import Chain
+from sterling.chain.types import Terms
+from sterling.config import Settings
+
+MEASUREMENT = bytes.fromhex("ab" * 32)
+HPKE = bytes.fromhex("cd" * 32)
+
+
+class _Gas:
+    """Records the gas of every mined transaction under the current label."""
+
+    def __init__(self, chain: Chain) -> None:
+        self.used: dict[str, int] = {}
+        self.label = ""
+        chain.transactor.observers.append(self._observe)
+
+    def _observe(self, function: str, receipt: Any) -> None:
+        if self.label:
+            self.used[self.label] = int(receipt["gasUsed"])
+
+    def measure(self, label: str, thunk: Callable[[], Any]) -> Any:
+        self.label = label
+        try:
+            return thunk()
+        finally:
+            self.label = ""
+
+
+def _setup(chain: Chain, gas: _Gas | None = None) -> tuple[Marketplace, list[int], dict[str, Any]]:
+    g = gas or _Gas(chain)
+    admin, platform, enclave, provider, consumer, issuer = chain.dev_accounts[:6]
+    m = g.measure("deploy", lambda: Marketplace.deploy(chain, admin, attestation_signer=platform.address))
+    g.measure("allow_measurement", lambda: m.allow_measurement(admin, MEASUREMENT))
+    att = digests.sign_digest(
+        platform, m.attestation_digest(measurement=MEASUREMENT, enclave=enclave.address, hpke_public_key=HPKE)
+    )
+    g.measure(
+        "register_enclave",
+        lambda: m.register_enclave(enclave, measurement=MEASUREMENT, hpke_public_key=HPKE, attestation=att),
+    )
+    terms = Terms(10**15, 10**16, 1_000_000)
+    listings = [
+        g.measure(
+            "publish",
+            lambda i=i: m.publish(
+                provider,
+                data_uri=f"file:///data/{i}",
+                data_hash=os.urandom(32),
+                sealed_key=os.urandom(80),
+                terms=terms,
+                epsilon_budget=10**12,
+                delta=10**13,
+            ),
+        )
+        for i in range(4)
+    ]
+    ctx = {"admin": admin, "enclave": enclave, "provider": provider, "consumer": consumer, "issuer": issuer}
+    return m, listings, ctx
+
+
+def _lifecycle(m: Marketplace, listings: list[int], ctx: dict[str, Any], g: _Gas | None, n: int) -> int:
+    """Run one job lifecycle; returns the number of transactions sent."""
+    consumer, enclave = ctx["consumer"], ctx["enclave"]
+    ids = listings[:n]
+
+    def measure(label: str, thunk: Callable[[], Any]) -> Any:
+        return g.measure(label, thunk) if g else thunk()
+
+    jid = measure(
+        f"submit_job[{n}]",
+        lambda: m.submit_job(
+            consumer,
+            listing_ids=ids,
+            epsilons=[500_000] * n,
+            delta=10**13,
+            consumer_key=HPKE,
+            job_hash=os.urandom(32),
+            job_uri="file:///job",
+            value=10**17,
+        ),
+    )
+    measure(f"claim_job[{n}]", lambda: m.claim_job(enclave, jid))
+    measure(
+        f"complete_job[{n}]",
+        lambda: m.complete_job(
+            enclave,
+            jid,
+            result_hash=os.urandom(32),
+            model_uri="file:///model",
+            sealed_model_key=os.urandom(80),
+            payouts=[10**15] * n,
+            spent=[400_000] * n,
+            weights=[1] * n,
+        ),
+    )
+    return 3
+
+
+def gas_table(chain: Chain) -> dict[str, int]:
+    """Gas used by every Marketplace and policy call, on a fresh deployment."""
+    g = _Gas(chain)
+    m, listings, ctx = _setup(chain, g)
+    enclave, provider, consumer, issuer = (ctx[k] for k in ("enclave", "provider", "consumer", "issuer"))
+    for n in (1, 4):
+        _lifecycle(m, listings, ctx, g, n)
+    g.measure("derive", lambda: m.derive(provider, listings[0], terms=Terms(0, 10**16, 500_000)))
+    g.measure("withdraw_listing", lambda: m.withdraw_listing(provider, listings[3]))
+
+    def submit() -> int:
+        return m.submit_job(
+            consumer,
+            listing_ids=[listings[0]],
+            epsilons=[100_000],
+            delta=10**13,
+            consumer_key=HPKE,
+            job_hash=os.urandom(32),
+            job_uri="file:///job",
+            value=10**16,
+        )
+
+    jid = submit()
+    g.measure("cancel_job", lambda: m.cancel_job(consumer, jid))
+    jid = submit()
+    m.claim_job(enclave, jid)
+    g.measure("extend_lease", lambda: m.extend_lease(enclave, jid))
+    g.measure("fail_job", lambda: m.fail_job(enclave, jid, reason="verifier: epsilon above cap"))
+    g.measure("pay_for_predictions[4]", lambda: m.pay_for_predictions(consumer, 2, count=100, value=10**15))
+    g.measure("withdraw", lambda: m.withdraw(provider))
+    allow = g.measure(
+        "deploy AllowListPolicy", lambda: AllowListPolicy.deploy(chain, provider, marketplace=m.address)
+    )
+    g.measure("allowlist.set_allowed", lambda: allow.set_allowed(provider, consumer.address))
+    cred = g.measure(
+        "deploy CredentialPolicy",
+        lambda: CredentialPolicy.deploy(chain, provider, marketplace=m.address, issuer=issuer.address),
+    )
+    g.measure("credential.grant", lambda: cred.grant(issuer, consumer.address, expires=chain.now() + 86400))
+    return dict(sorted(g.used.items()))
+
+
+def throughput(chain: Chain, jobs: int) -> dict[str, float]:
+    m, listings, ctx = _setup(chain)
+    txs = 0
+    start = time.perf_counter()
+    for _ in range(jobs):
+        txs += _lifecycle(m, listings, ctx, None, 1)
+    seconds = time.perf_counter() - start
+    return {"tx_per_s": round(txs / seconds, 2), "txs": txs, "seconds": round(seconds, 3)}
+
+
+def run(*, quick: bool = False) -> dict[str, Any]:
+    jobs = 10 if quick else 60
+    embedded = node.embedded()
+    gas = gas_table(embedded)
+    emb = throughput(node.embedded(), jobs)
+    anvil_chain = node.start_anvil(Settings.from_env().require_anvil())
+    try:
+        anv = throughput(anvil_chain, jobs)
+    finally:
+        anvil_chain.close()
+    return {
+        "embedded": emb,
+        "anvil": anv,
+        "anvil_over_embedded": round(anv["tx_per_s"] / emb["tx_per_s"], 3),
+        "jobs": jobs,
+        "gas": gas,
+    }
+
+
+def table(result: dict[str, Any]) -> Table:
+    t = Table(title="Marketplace: throughput (job lifecycles, 3 tx each) and gas per call")
+    t.add_column("figure")
+    t.add_column("embedded (py-evm)", justify="right")
+    t.add_column("anvil (loopback)", justify="right")
+    t.add_column("ratio", justify="right")
+    e, a = result["embedded"], result["anvil"]
+    t.add_row("tx/s", f"{e['tx_per_s']:.1f}", f"{a['tx_per_s']:.1f}", f"{result['anvil_over_embedded']:.2f}")
+    t.add_row("seconds", f"{e['seconds']:.2f}", f"{a['seconds']:.2f}", "")
+    for call, used in result["gas"].items():
+        t.add_row(f"gas: {call}", f"{used:,}", "", "")
+    return t

@@ -1,0 +1,995 @@
+# pragma version ~=0.4.3
+"""
+@title Sterling Marketplace
+@notice The on-chain half of Sterling: an enclave registry, listings of
+        encrypted datasets with public terms, privacy budgets kept per data
+        hash, and the job lifecycle with escrow, epsilon reservation and
+        settlement by an attested enclave.
+@dev    Epsilon is a fixed-point integer in micro-epsilon (1 epsilon =
+        10**6). Delta is a fixed-point integer in units of 10**-18.
+        Money is never pushed to an address: settlement credits balances
+        that their owners `withdraw`, so an account that refuses ether can
+        never block a settlement. Revert messages start with "marketplace:".
+"""
+
+from . import IPolicy
+from . import IMarketplace
+
+implements: IMarketplace
+
+MAX_LISTINGS: constant(uint256) = 32
+MAX_URI: constant(uint256) = 256
+MAX_SEALED: constant(uint256) = 512
+MAX_REASON: constant(uint256) = 256
+MICRO: constant(uint256) = 10**6
+
+# Job states; every transition emits an event.
+PENDING: constant(uint8) = 1
+CLAIMED: constant(uint8) = 2
+COMPLETED: constant(uint8) = 3
+FAILED: constant(uint8) = 4
+CANCELLED: constant(uint8) = 5
+
+# Domain tags keep an attestation from ever verifying as a settlement and back.
+ATTESTATION_TAG: constant(bytes32) = keccak256("sterling.attestation.v1")
+SETTLEMENT_TAG: constant(bytes32) = keccak256("sterling.settlement.v1")
+# Upper half of secp256k1's order: signatures with s above it are malleable.
+SECP256K1_HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168  # 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
+
+
+struct Terms:
+    price_per_job: uint256          # wei per job
+    price_per_epsilon: uint256      # wei per whole epsilon
+    max_epsilon_per_job: uint256    # micro-epsilon
+    policy: address                 # empty: no policy contract
+    pinned_measurement: bytes32     # empty: any allowed measurement
+
+
+struct Listing:
+    provider: address
+    data_hash: bytes32
+    data_uri: String[MAX_URI]
+    sealed_key: Bytes[MAX_SEALED]
+    contract_hash: bytes32
+    terms: Terms
+    parent: uint256
+    active: bool
+
+
+struct Budget:
+    owner: address
+    total: uint256
+    spent: uint256
+    reserved: uint256
+    delta: uint256
+
+
+struct Enclave:
+    measurement: bytes32
+    hpke_public_key: bytes32
+    registered: bool
+
+
+struct Job:
+    consumer: address
+    state: uint8
+    escrow: uint256
+    delta: uint256
+    consumer_key: bytes32
+    job_hash: bytes32
+    job_uri: String[MAX_URI]
+    enclave: address
+    lease_deadline: uint256
+    result_hash: bytes32
+    model_uri: String[MAX_URI]
+    sealed_model_key: Bytes[MAX_SEALED]
+
+
+# One per listing a job uses: what was reserved and priced at submission,
+# what was charged, paid and weighted at settlement.
+struct Allocation:
+    listing_id: uint256
+    reserved: uint256
+    price: uint256
+    spent: uint256
+    payout: uint256
+    weight: uint256
+
+
+event AdminChanged:
+    previous: indexed(address)
+    admin: indexed(address)
+
+event AttestationSignerChanged:
+    signer: indexed(address)
+
+event MeasurementAllowed:
+    measurement: indexed(bytes32)
+    allowed: bool
+
+event LeaseSecondsChanged:
+    lease_seconds: uint256
+
+event EnclaveRegistered:
+    enclave: indexed(address)
+    measurement: indexed(bytes32)
+    hpke_public_key: bytes32
+
+event EnclaveRevoked:
+    enclave: indexed(address)
+
+event ListingPublished:
+    listing_id: indexed(uint256)
+    provider: indexed(address)
+    data_hash: indexed(bytes32)
+    parent: uint256
+    data_uri: String[MAX_URI]
+    contract_hash: bytes32
+    price_per_job: uint256
+    price_per_epsilon: uint256
+    max_epsilon_per_job: uint256
+    policy: address
+    pinned_measurement: bytes32
+
+event ListingWithdrawn:
+    listing_id: indexed(uint256)
+
+event BudgetCreated:
+    data_hash: indexed(bytes32)
+    owner: indexed(address)
+    total: uint256
+    delta: uint256
+
+event BudgetExhausted:
+    data_hash: indexed(bytes32)
+
+event JobSubmitted:
+    job_id: indexed(uint256)
+    consumer: indexed(address)
+    job_hash: bytes32
+    job_uri: String[MAX_URI]
+    escrow: uint256
+    delta: uint256
+    consumer_key: bytes32
+
+event EpsilonReserved:
+    job_id: indexed(uint256)
+    listing_id: indexed(uint256)
+    data_hash: indexed(bytes32)
+    micro_epsilon: uint256
+    price: uint256
+
+event EpsilonReleased:
+    job_id: indexed(uint256)
+    listing_id: indexed(uint256)
+    data_hash: indexed(bytes32)
+    reserved: uint256
+    charged: uint256
+
+event JobCancelled:
+    job_id: indexed(uint256)
+
+event JobClaimed:
+    job_id: indexed(uint256)
+    enclave: indexed(address)
+    lease_deadline: uint256
+
+event JobLeaseExtended:
+    job_id: indexed(uint256)
+    enclave: indexed(address)
+    lease_deadline: uint256
+
+event JobExpired:
+    job_id: indexed(uint256)
+    enclave: indexed(address)
+
+event JobCompleted:
+    job_id: indexed(uint256)
+    enclave: indexed(address)
+    result_hash: bytes32
+    model_uri: String[MAX_URI]
+    sealed_model_key: Bytes[MAX_SEALED]
+    paid: uint256
+    refunded: uint256
+
+event JobFailed:
+    job_id: indexed(uint256)
+    enclave: indexed(address)
+    reason: String[MAX_REASON]
+
+event Payout:
+    job_id: indexed(uint256)
+    listing_id: indexed(uint256)
+    provider: indexed(address)
+    amount: uint256
+    weight: uint256
+
+event Refund:
+    job_id: indexed(uint256)
+    consumer: indexed(address)
+    amount: uint256
+
+event PredictionsPaid:
+    job_id: indexed(uint256)
+    payer: indexed(address)
+    count: uint256
+    amount: uint256
+
+event PredictionFee:
+    job_id: indexed(uint256)
+    listing_id: indexed(uint256)
+    provider: indexed(address)
+    amount: uint256
+
+event Withdrawal:
+    account: indexed(address)
+    amount: uint256
+
+
+admin: public(address)
+attestation_signer: public(address)
+lease_seconds: public(uint256)
+allowed_measurements: public(HashMap[bytes32, bool])
+enclaves: public(HashMap[address, Enclave])
+enclave_count: public(uint256)
+listing_count: public(uint256)
+job_count: public(uint256)
+budgets: public(HashMap[bytes32, Budget])
+balances: public(HashMap[address, uint256])
+# Sum of open escrow plus credited balances; equals this contract's ether.
+liabilities: public(uint256)
+
+_listings: HashMap[uint256, Listing]
+_jobs: HashMap[uint256, Job]
+_allocations: HashMap[uint256, DynArray[Allocation, MAX_LISTINGS]]
+
+
+@deploy
+def __init__(attestation_signer: address, lease_seconds: uint256):
+    """
+    @param attestation_signer Key whose signature makes an attestation valid.
+    @param lease_seconds How long a claimed job stays with its enclave.
+    """
+    assert attestation_signer != empty(address), "marketplace: empty attestation signer"
+    assert lease_seconds > 0, "marketplace: zero lease"
+    self.admin = msg.sender
+    self.attestation_signer = attestation_signer
+    self.lease_seconds = lease_seconds
+    log AdminChanged(previous=empty(address), admin=msg.sender)
+    log AttestationSignerChanged(signer=attestation_signer)
+    log LeaseSecondsChanged(lease_seconds=lease_seconds)
+
+
+# ---------------------------------------------------------------- admin
+
+
+@internal
+def _only_admin():
+    assert msg.sender == self.admin, "marketplace: caller is not the admin"
+
+
+@external
+def transfer_admin(new_admin: address):
+    """
+    @notice Hand the admin role to `new_admin`.
+    """
+    self._only_admin()
+    assert new_admin != empty(address), "marketplace: empty admin"
+    log AdminChanged(previous=self.admin, admin=new_admin)
+    self.admin = new_admin
+
+
+@external
+def set_attestation_signer(signer: address):
+    """
+    @notice Trust attestations signed by `signer` from now on.
+    """
+    self._only_admin()
+    assert signer != empty(address), "marketplace: empty attestation signer"
+    self.attestation_signer = signer
+    log AttestationSignerChanged(signer=signer)
+
+
+@external
+def allow_measurement(measurement: bytes32, allowed: bool):
+    """
+    @notice Add or remove an enclave measurement from the allow-list.
+            Removing one stops every enclave with it from claiming or settling.
+    """
+    self._only_admin()
+    assert measurement != empty(bytes32), "marketplace: empty measurement"
+    self.allowed_measurements[measurement] = allowed
+    log MeasurementAllowed(measurement=measurement, allowed=allowed)
+
+
+@external
+def set_lease_seconds(lease_seconds: uint256):
+    """
+    @notice Set the lease length for future claims.
+    """
+    self._only_admin()
+    assert lease_seconds > 0, "marketplace: zero lease"
+    self.lease_seconds = lease_seconds
+    log LeaseSecondsChanged(lease_seconds=lease_seconds)
+
+
+@external
+def revoke_enclave(enclave: address):
+    """
+    @notice Deregister an enclave; its claimed jobs can expire and be re-claimed.
+    """
+    self._only_admin()
+    assert self.enclaves[enclave].registered, "marketplace: unknown enclave"
+    self.enclaves[enclave].registered = False
+    self.enclave_count -= 1
+    log EnclaveRevoked(enclave=enclave)
+
+
+# ------------------------------------------------------------ signatures
+
+
+@internal
+@pure
+def _recover(digest: bytes32, signature: Bytes[65]) -> address:
+    # EIP-191 personal-message digest, as eth-account's `sign_message` makes.
+    assert len(signature) == 65, "marketplace: bad signature length"
+    prefixed: bytes32 = keccak256(concat(b"\x19Ethereum Signed Message:\n32", digest))
+    r: uint256 = convert(slice(signature, 0, 32), uint256)
+    s: uint256 = convert(slice(signature, 32, 32), uint256)
+    v: uint256 = convert(slice(signature, 64, 1), uint256)
+    if v < 27:
+        v += 27
+    assert s <= SECP256K1_HALF_N, "marketplace: malleable signature"
+    signer: address = ecrecover(prefixed, v, r, s)
+    assert signer != empty(address), "marketplace: invalid signature"
+    return signer
+
+
+@view
+@external
+def attestation_digest(measurement: bytes32, enclave: address, hpke_public_key: bytes32) -> bytes32:
+    """
+    @notice The digest an attestation signs. Its report data binds this
+            chain and this contract, so an attestation cannot be replayed
+            on another deployment.
+    """
+    return self._attestation_digest(measurement, enclave, hpke_public_key)
+
+
+@internal
+@view
+def _attestation_digest(measurement: bytes32, enclave: address, hpke_public_key: bytes32) -> bytes32:
+    report_data: bytes32 = keccak256(abi_encode(chain.id, self))
+    return keccak256(abi_encode(ATTESTATION_TAG, measurement, enclave, hpke_public_key, report_data))
+
+
+@view
+@external
+def settlement_digest(
+    job_id: uint256,
+    result_hash: bytes32,
+    model_uri: String[MAX_URI],
+    sealed_model_key: Bytes[MAX_SEALED],
+    payouts: DynArray[uint256, MAX_LISTINGS],
+    spent: DynArray[uint256, MAX_LISTINGS],
+    weights: DynArray[uint256, MAX_LISTINGS],
+) -> bytes32:
+    """
+    @notice The digest the enclave signs to settle a job: the job id, the
+            result hash and every number the settlement moves.
+    """
+    return self._settlement_digest(job_id, result_hash, model_uri, sealed_model_key, payouts, spent, weights)
+
+
+@internal
+@view
+def _settlement_digest(
+    job_id: uint256,
+    result_hash: bytes32,
+    model_uri: String[MAX_URI],
+    sealed_model_key: Bytes[MAX_SEALED],
+    payouts: DynArray[uint256, MAX_LISTINGS],
+    spent: DynArray[uint256, MAX_LISTINGS],
+    weights: DynArray[uint256, MAX_LISTINGS],
+) -> bytes32:
+    return keccak256(
+        abi_encode(
+            SETTLEMENT_TAG,
+            chain.id,
+            self,
+            job_id,
+            result_hash,
+            keccak256(model_uri),
+            keccak256(sealed_model_key),
+            payouts,
+            spent,
+            weights,
+        )
+    )
+
+
+# --------------------------------------------------------------- enclaves
+
+
+@external
+def register_enclave(measurement: bytes32, hpke_public_key: bytes32, attestation: Bytes[65]):
+    """
+    @notice Register the caller as an enclave. The caller must be the
+            enclave's signing address, and `attestation` a signature by the
+            trusted attestation key over (measurement, caller, HPKE key,
+            report data of this chain and contract).
+    @param measurement Hash of the enclave's code; must be allow-listed.
+    @param hpke_public_key The enclave's X25519 key that data keys are sealed to.
+    @param attestation 65-byte signature by the attestation signer.
+    """
+    assert self.allowed_measurements[measurement], "marketplace: measurement not allowed"
+    assert hpke_public_key != empty(bytes32), "marketplace: empty hpke key"
+    assert not self.enclaves[msg.sender].registered, "marketplace: enclave already registered"
+    digest: bytes32 = self._attestation_digest(measurement, msg.sender, hpke_public_key)
+    assert self._recover(digest, attestation) == self.attestation_signer, "marketplace: attestation not signed by the attestation signer"
+    self.enclaves[msg.sender] = Enclave(measurement=measurement, hpke_public_key=hpke_public_key, registered=True)
+    self.enclave_count += 1
+    log EnclaveRegistered(enclave=msg.sender, measurement=measurement, hpke_public_key=hpke_public_key)
+
+
+@view
+@internal
+def _is_live_enclave(enclave: address) -> bool:
+    info: Enclave = self.enclaves[enclave]
+    return info.registered and self.allowed_measurements[info.measurement]
+
+
+@view
+@external
+def is_enclave(enclave: address) -> bool:
+    """
+    @notice True when `enclave` is registered and its measurement still allowed.
+    """
+    return self._is_live_enclave(enclave)
+
+
+# --------------------------------------------------------------- listings
+
+
+@internal
+def _check_terms(terms: Terms):
+    assert terms.max_epsilon_per_job > 0, "marketplace: zero max epsilon per job"
+    if terms.policy != empty(address):
+        assert terms.policy.is_contract, "marketplace: policy is not a contract"
+
+
+@internal
+def _add_listing(
+    provider: address,
+    data_hash: bytes32,
+    data_uri: String[MAX_URI],
+    sealed_key: Bytes[MAX_SEALED],
+    contract_hash: bytes32,
+    terms: Terms,
+    parent: uint256,
+) -> uint256:
+    self._check_terms(terms)
+    listing_id: uint256 = self.listing_count + 1
+    self.listing_count = listing_id
+    self._listings[listing_id] = Listing(
+        provider=provider,
+        data_hash=data_hash,
+        data_uri=data_uri,
+        sealed_key=sealed_key,
+        contract_hash=contract_hash,
+        terms=terms,
+        parent=parent,
+        active=True,
+    )
+    log ListingPublished(
+        listing_id=listing_id,
+        provider=provider,
+        data_hash=data_hash,
+        parent=parent,
+        data_uri=data_uri,
+        contract_hash=contract_hash,
+        price_per_job=terms.price_per_job,
+        price_per_epsilon=terms.price_per_epsilon,
+        max_epsilon_per_job=terms.max_epsilon_per_job,
+        policy=terms.policy,
+        pinned_measurement=terms.pinned_measurement,
+    )
+    return listing_id
+
+
+@external
+def publish(
+    data_uri: String[MAX_URI],
+    data_hash: bytes32,
+    sealed_key: Bytes[MAX_SEALED],
+    contract_hash: bytes32,
+    terms: Terms,
+    epsilon_budget: uint256,
+    delta: uint256,
+) -> uint256:
+    """
+    @notice Publish a new dataset. Creates its privacy budget, which every
+            later listing of the same data shares.
+    @param data_uri Where the ciphertext is stored.
+    @param data_hash sha256 of the ciphertext; identifies the data and its budget.
+    @param sealed_key The data key sealed to the enclave with HPKE.
+    @param contract_hash sha256 of the provider contract source (empty: none).
+    @param terms Prices, per-job epsilon cap, policy and pinned measurement.
+    @param epsilon_budget Total micro-epsilon this data may ever spend.
+    @param delta The largest delta (10**-18 units) a job may ask for.
+    @return The new listing id.
+    """
+    assert data_hash != empty(bytes32), "marketplace: empty data hash"
+    assert len(data_uri) > 0, "marketplace: empty data uri"
+    assert len(sealed_key) > 0, "marketplace: empty sealed key"
+    assert self.budgets[data_hash].owner == empty(address), "marketplace: data already listed; derive a listing instead"
+    assert epsilon_budget > 0, "marketplace: zero epsilon budget"
+    assert terms.max_epsilon_per_job <= epsilon_budget, "marketplace: max epsilon per job above budget"
+    assert delta > 0 and delta < 10**18, "marketplace: delta must be in (0, 1)"
+    self.budgets[data_hash] = Budget(owner=msg.sender, total=epsilon_budget, spent=0, reserved=0, delta=delta)
+    log BudgetCreated(data_hash=data_hash, owner=msg.sender, total=epsilon_budget, delta=delta)
+    return self._add_listing(msg.sender, data_hash, data_uri, sealed_key, contract_hash, terms, 0)
+
+
+@external
+def derive(parent_id: uint256, contract_hash: bytes32, terms: Terms) -> uint256:
+    """
+    @notice Re-list the data of `parent_id` under new terms. The new listing
+            draws on the same privacy budget; it cannot reset or raise it.
+    @return The new listing id.
+    """
+    parent: Listing = self._listings[parent_id]
+    assert parent.provider != empty(address), "marketplace: unknown listing"
+    assert self.budgets[parent.data_hash].owner == msg.sender, "marketplace: caller does not own the data"
+    assert terms.max_epsilon_per_job <= self.budgets[parent.data_hash].total, "marketplace: max epsilon per job above budget"
+    return self._add_listing(msg.sender, parent.data_hash, parent.data_uri, parent.sealed_key, contract_hash, terms, parent_id)
+
+
+@external
+def withdraw_listing(listing_id: uint256):
+    """
+    @notice Take a listing off sale. Jobs already submitted are unaffected.
+    """
+    listing: Listing = self._listings[listing_id]
+    assert listing.provider != empty(address), "marketplace: unknown listing"
+    assert listing.provider == msg.sender, "marketplace: caller is not the provider"
+    assert listing.active, "marketplace: listing already withdrawn"
+    self._listings[listing_id].active = False
+    log ListingWithdrawn(listing_id=listing_id)
+
+
+@view
+@external
+def listing(listing_id: uint256) -> Listing:
+    """
+    @notice Everything public about a listing.
+    """
+    assert self._listings[listing_id].provider != empty(address), "marketplace: unknown listing"
+    return self._listings[listing_id]
+
+
+@view
+@external
+def listing_provider(listing_id: uint256) -> address:
+    """
+    @notice The account that published `listing_id` (empty if unknown).
+    """
+    return self._listings[listing_id].provider
+
+
+@view
+@internal
+def _remaining(data_hash: bytes32) -> uint256:
+    budget: Budget = self.budgets[data_hash]
+    return budget.total - budget.spent - budget.reserved
+
+
+@view
+@external
+def remaining_budget(data_hash: bytes32) -> uint256:
+    """
+    @notice Micro-epsilon still free to reserve for this data.
+    """
+    return self._remaining(data_hash)
+
+
+@view
+@external
+def is_open(listing_id: uint256) -> bool:
+    """
+    @notice True when the listing is on sale: active, and its data's budget
+            is not spent. A budget at zero closes every listing of the data.
+    """
+    listing: Listing = self._listings[listing_id]
+    if not listing.active:
+        return False
+    budget: Budget = self.budgets[listing.data_hash]
+    return budget.spent < budget.total
+
+
+@view
+@internal
+def _list_price(listing_id: uint256, eps: uint256) -> uint256:
+    terms: Terms = self._listings[listing_id].terms
+    return terms.price_per_job + terms.price_per_epsilon * eps // MICRO
+
+
+@view
+@external
+def list_price(listing_id: uint256, eps: uint256) -> uint256:
+    """
+    @notice Public price in wei of `eps` micro-epsilon on `listing_id`,
+            before any policy contract adjusts it.
+    """
+    return self._list_price(listing_id, eps)
+
+
+@view
+@internal
+def _quote(consumer: address, listing_id: uint256, eps: uint256) -> uint256:
+    policy: address = self._listings[listing_id].terms.policy
+    if policy == empty(address):
+        return self._list_price(listing_id, eps)
+    return staticcall IPolicy(policy).price(consumer, listing_id, eps)
+
+
+@view
+@external
+def quote(consumer: address, listing_id: uint256, eps: uint256) -> uint256:
+    """
+    @notice What `consumer` would pay for `eps` on `listing_id`, policy included.
+    """
+    assert self._listings[listing_id].provider != empty(address), "marketplace: unknown listing"
+    return self._quote(consumer, listing_id, eps)
+
+
+# ------------------------------------------------------------------- jobs
+
+
+@internal
+def _release(job_id: uint256, charged: DynArray[uint256, MAX_LISTINGS]):
+    # Release every reservation of the job, charging `charged[i]` of it.
+    allocations: DynArray[Allocation, MAX_LISTINGS] = self._allocations[job_id]
+    for i: uint256 in range(len(allocations), bound=MAX_LISTINGS):
+        a: Allocation = allocations[i]
+        data_hash: bytes32 = self._listings[a.listing_id].data_hash
+        self.budgets[data_hash].reserved -= a.reserved
+        charge: uint256 = 0
+        if len(charged) > 0:
+            charge = charged[i]
+            self.budgets[data_hash].spent += charge
+        log EpsilonReleased(job_id=job_id, listing_id=a.listing_id, data_hash=data_hash, reserved=a.reserved, charged=charge)
+        if charge > 0 and self.budgets[data_hash].spent == self.budgets[data_hash].total:
+            log BudgetExhausted(data_hash=data_hash)
+
+
+@internal
+def _credit(account: address, amount: uint256):
+    self.balances[account] += amount
+
+
+@external
+@payable
+@nonreentrant
+def submit_job(
+    listing_ids: DynArray[uint256, MAX_LISTINGS],
+    epsilons: DynArray[uint256, MAX_LISTINGS],
+    delta: uint256,
+    consumer_key: bytes32,
+    job_hash: bytes32,
+    job_uri: String[MAX_URI],
+) -> uint256:
+    """
+    @notice Submit a job: escrow `msg.value` and reserve `epsilons[i]` of
+            each listing's budget, atomically. Reverts if any listing is
+            closed, any budget or cap is exceeded, any policy refuses, or the
+            escrow does not cover the price.
+    @param listing_ids The listings the job trains on (no duplicates).
+    @param epsilons Micro-epsilon reserved on each listing.
+    @param delta The job's delta (10**-18 units); at most each listing's.
+    @param consumer_key The consumer's X25519 public key; the model key is sealed to it.
+    @param job_hash sha256 of the sealed job body.
+    @param job_uri Where the sealed job body is stored.
+    @return The new job id.
+    """
+    n: uint256 = len(listing_ids)
+    assert n > 0, "marketplace: no listings"
+    assert len(epsilons) == n, "marketplace: one epsilon per listing"
+    assert consumer_key != empty(bytes32), "marketplace: empty consumer key"
+    assert job_hash != empty(bytes32), "marketplace: empty job hash"
+    assert delta > 0, "marketplace: zero delta"
+    job_id: uint256 = self.job_count + 1
+    self.job_count = job_id
+    allocations: DynArray[Allocation, MAX_LISTINGS] = []
+    total: uint256 = 0
+    for i: uint256 in range(n, bound=MAX_LISTINGS):
+        listing_id: uint256 = listing_ids[i]
+        for j: uint256 in range(i, bound=MAX_LISTINGS):
+            assert listing_ids[j] != listing_id, "marketplace: duplicate listing"
+        listing: Listing = self._listings[listing_id]
+        eps: uint256 = epsilons[i]
+        assert listing.provider != empty(address), "marketplace: unknown listing"
+        assert listing.active, "marketplace: listing withdrawn"
+        assert eps > 0, "marketplace: zero epsilon"
+        assert eps <= listing.terms.max_epsilon_per_job, "marketplace: epsilon above per-job cap"
+        assert delta <= self.budgets[listing.data_hash].delta, "marketplace: delta above listing delta"
+        remaining: uint256 = self._remaining(listing.data_hash)
+        assert remaining > 0, "marketplace: budget exhausted"
+        assert eps <= remaining, "marketplace: epsilon above remaining budget"
+        if listing.terms.policy != empty(address):
+            assert staticcall IPolicy(listing.terms.policy).check(msg.sender, listing_id, job_hash), "marketplace: policy refused the consumer"
+        price: uint256 = self._quote(msg.sender, listing_id, eps)
+        self.budgets[listing.data_hash].reserved += eps
+        allocations.append(Allocation(listing_id=listing_id, reserved=eps, price=price, spent=0, payout=0, weight=0))
+        total += price
+        log EpsilonReserved(job_id=job_id, listing_id=listing_id, data_hash=listing.data_hash, micro_epsilon=eps, price=price)
+    assert msg.value >= total, "marketplace: escrow below price"
+    self._jobs[job_id] = Job(
+        consumer=msg.sender,
+        state=PENDING,
+        escrow=msg.value,
+        delta=delta,
+        consumer_key=consumer_key,
+        job_hash=job_hash,
+        job_uri=job_uri,
+        enclave=empty(address),
+        lease_deadline=0,
+        result_hash=empty(bytes32),
+        model_uri="",
+        sealed_model_key=b"",
+    )
+    self._allocations[job_id] = allocations
+    self.liabilities += msg.value
+    log JobSubmitted(job_id=job_id, consumer=msg.sender, job_hash=job_hash, job_uri=job_uri, escrow=msg.value, delta=delta, consumer_key=consumer_key)
+    return job_id
+
+
+@internal
+def _refund_and_release(job_id: uint256):
+    self._release(job_id, [])
+    consumer: address = self._jobs[job_id].consumer
+    escrow: uint256 = self._jobs[job_id].escrow
+    self._credit(consumer, escrow)
+    log Refund(job_id=job_id, consumer=consumer, amount=escrow)
+
+
+@internal
+@view
+def _known(job_id: uint256):
+    assert self._jobs[job_id].consumer != empty(address), "marketplace: unknown job"
+
+
+@internal
+@view
+def _lease_over(job_id: uint256) -> bool:
+    return self._jobs[job_id].state == CLAIMED and block.timestamp > self._jobs[job_id].lease_deadline
+
+
+@external
+@nonreentrant
+def cancel_job(job_id: uint256):
+    """
+    @notice Cancel a job no enclave holds (pending, or its lease ran out):
+            full refund, reservation released.
+    """
+    self._known(job_id)
+    assert self._jobs[job_id].consumer == msg.sender, "marketplace: caller is not the consumer"
+    assert self._jobs[job_id].state == PENDING or self._lease_over(job_id), "marketplace: job is not pending"
+    self._jobs[job_id].state = CANCELLED
+    self._refund_and_release(job_id)
+    log JobCancelled(job_id=job_id)
+
+
+@external
+def claim_job(job_id: uint256) -> uint256:
+    """
+    @notice A registered enclave takes a pending job, or one whose lease ran
+            out, for `lease_seconds`. Listings that pin a measurement accept
+            only enclaves with that measurement.
+    @return The lease deadline (unix seconds).
+    """
+    assert self._is_live_enclave(msg.sender), "marketplace: caller is not a registered enclave"
+    self._known(job_id)
+    if self._lease_over(job_id):
+        log JobExpired(job_id=job_id, enclave=self._jobs[job_id].enclave)
+    else:
+        assert self._jobs[job_id].state != CLAIMED, "marketplace: job is leased"
+        assert self._jobs[job_id].state == PENDING, "marketplace: job is not pending"
+    measurement: bytes32 = self.enclaves[msg.sender].measurement
+    for a: Allocation in self._allocations[job_id]:
+        pinned: bytes32 = self._listings[a.listing_id].terms.pinned_measurement
+        assert pinned == empty(bytes32) or pinned == measurement, "marketplace: listing pins another measurement"
+    deadline: uint256 = block.timestamp + self.lease_seconds
+    self._jobs[job_id].state = CLAIMED
+    self._jobs[job_id].enclave = msg.sender
+    self._jobs[job_id].lease_deadline = deadline
+    log JobClaimed(job_id=job_id, enclave=msg.sender, lease_deadline=deadline)
+    return deadline
+
+
+@internal
+@view
+def _only_holder(job_id: uint256):
+    self._known(job_id)
+    assert self._jobs[job_id].state == CLAIMED, "marketplace: job is not claimed"
+    assert self._jobs[job_id].enclave == msg.sender, "marketplace: caller does not hold the job"
+    assert self._is_live_enclave(msg.sender), "marketplace: caller is not a registered enclave"
+
+
+@external
+def extend_lease(job_id: uint256) -> uint256:
+    """
+    @notice The holding enclave renews its lease before it runs out.
+    @return The new lease deadline.
+    """
+    self._only_holder(job_id)
+    assert not self._lease_over(job_id), "marketplace: lease expired"
+    deadline: uint256 = block.timestamp + self.lease_seconds
+    self._jobs[job_id].lease_deadline = deadline
+    log JobLeaseExtended(job_id=job_id, enclave=msg.sender, lease_deadline=deadline)
+    return deadline
+
+
+@external
+def expire_job(job_id: uint256):
+    """
+    @notice Anyone may return a job whose lease ran out to the pending pool.
+    """
+    self._known(job_id)
+    assert self._jobs[job_id].state == CLAIMED, "marketplace: job is not claimed"
+    assert self._lease_over(job_id), "marketplace: lease not expired"
+    log JobExpired(job_id=job_id, enclave=self._jobs[job_id].enclave)
+    self._jobs[job_id].state = PENDING
+    self._jobs[job_id].enclave = empty(address)
+    self._jobs[job_id].lease_deadline = 0
+
+
+@external
+@nonreentrant
+def complete_job(
+    job_id: uint256,
+    result_hash: bytes32,
+    model_uri: String[MAX_URI],
+    sealed_model_key: Bytes[MAX_SEALED],
+    payouts: DynArray[uint256, MAX_LISTINGS],
+    spent: DynArray[uint256, MAX_LISTINGS],
+    weights: DynArray[uint256, MAX_LISTINGS],
+    signature: Bytes[65],
+):
+    """
+    @notice Settle a job. Only the enclave holding it, once, with its
+            signature over `settlement_digest(...)`. Credits each listing's
+            provider its payout, refunds the rest of the escrow, charges the
+            epsilon spent (at most the reservation) and releases the rest,
+            and publishes the model key sealed to the consumer. A lease that
+            ran out does not stop the holder while no other enclave has
+            taken the job over.
+    @param result_hash sha256 of the encrypted model.
+    @param model_uri Where the encrypted model is stored.
+    @param sealed_model_key The model key sealed to the consumer's X25519 key.
+    @param payouts Wei paid to each listing's provider; the sum is at most the escrow.
+    @param spent Micro-epsilon charged to each listing; each at most its reservation.
+    @param weights Per-listing weights that split later per-prediction fees.
+    @param signature The enclave's signature over the settlement digest.
+    """
+    self._only_holder(job_id)
+    n: uint256 = len(self._allocations[job_id])
+    assert len(payouts) == n and len(spent) == n and len(weights) == n, "marketplace: one payout, epsilon and weight per listing"
+    assert result_hash != empty(bytes32), "marketplace: empty result hash"
+    digest: bytes32 = self._settlement_digest(job_id, result_hash, model_uri, sealed_model_key, payouts, spent, weights)
+    assert self._recover(digest, signature) == msg.sender, "marketplace: settlement not signed by the enclave"
+    escrow: uint256 = self._jobs[job_id].escrow
+    paid: uint256 = 0
+    for i: uint256 in range(n, bound=MAX_LISTINGS):
+        assert spent[i] <= self._allocations[job_id][i].reserved, "marketplace: epsilon above reservation"
+        paid += payouts[i]
+    assert paid <= escrow, "marketplace: payouts above escrow"
+    self._jobs[job_id].state = COMPLETED
+    self._jobs[job_id].result_hash = result_hash
+    self._jobs[job_id].model_uri = model_uri
+    self._jobs[job_id].sealed_model_key = sealed_model_key
+    self._release(job_id, spent)
+    for i: uint256 in range(n, bound=MAX_LISTINGS):
+        listing_id: uint256 = self._allocations[job_id][i].listing_id
+        self._allocations[job_id][i].spent = spent[i]
+        self._allocations[job_id][i].payout = payouts[i]
+        self._allocations[job_id][i].weight = weights[i]
+        provider: address = self._listings[listing_id].provider
+        self._credit(provider, payouts[i])
+        log Payout(job_id=job_id, listing_id=listing_id, provider=provider, amount=payouts[i], weight=weights[i])
+    consumer: address = self._jobs[job_id].consumer
+    refund: uint256 = escrow - paid
+    self._credit(consumer, refund)
+    log Refund(job_id=job_id, consumer=consumer, amount=refund)
+    log JobCompleted(job_id=job_id, enclave=msg.sender, result_hash=result_hash, model_uri=model_uri, sealed_model_key=sealed_model_key, paid=paid, refunded=refund)
+
+
+@external
+@nonreentrant
+def fail_job(job_id: uint256, reason: String[MAX_REASON]):
+    """
+    @notice The holding enclave gives up on a job (bad contract, failed
+            verification, missing data): full refund, reservation released.
+    """
+    self._only_holder(job_id)
+    assert len(reason) > 0, "marketplace: empty reason"
+    self._jobs[job_id].state = FAILED
+    self._refund_and_release(job_id)
+    log JobFailed(job_id=job_id, enclave=msg.sender, reason=reason)
+
+
+@view
+@external
+def job(job_id: uint256) -> Job:
+    """
+    @notice The job's parties, state, lease and result.
+    """
+    self._known(job_id)
+    return self._jobs[job_id]
+
+
+@view
+@external
+def allocations(job_id: uint256) -> DynArray[Allocation, MAX_LISTINGS]:
+    """
+    @notice Per listing: epsilon reserved and price at submission; epsilon
+            charged, payout and prediction weight at settlement.
+    """
+    self._known(job_id)
+    return self._allocations[job_id]
+
+
+# --------------------------------------------------------------- payments
+
+
+@external
+@payable
+@nonreentrant
+def pay_for_predictions(job_id: uint256, count: uint256):
+    """
+    @notice Pay for a batch of `count` predictions from a completed job's
+            model. `msg.value` is split among the job's providers by the
+            weights the enclave recorded at completion; rounding dust goes to
+            the first provider with a non-zero weight, so shares sum to the payment.
+    """
+    self._known(job_id)
+    assert self._jobs[job_id].state == COMPLETED, "marketplace: job is not completed"
+    assert count > 0, "marketplace: zero predictions"
+    assert msg.value > 0, "marketplace: zero payment"
+    allocations: DynArray[Allocation, MAX_LISTINGS] = self._allocations[job_id]
+    weight_sum: uint256 = 0
+    first: uint256 = max_value(uint256)
+    for i: uint256 in range(len(allocations), bound=MAX_LISTINGS):
+        if allocations[i].weight > 0 and first == max_value(uint256):
+            first = i
+        weight_sum += allocations[i].weight
+    assert weight_sum > 0, "marketplace: job has no prediction weights"
+    shares: DynArray[uint256, MAX_LISTINGS] = []
+    given: uint256 = 0
+    for a: Allocation in allocations:
+        share: uint256 = msg.value * a.weight // weight_sum
+        shares.append(share)
+        given += share
+    shares[first] += msg.value - given
+    for i: uint256 in range(len(shares), bound=MAX_LISTINGS):
+        if shares[i] > 0:
+            listing_id: uint256 = allocations[i].listing_id
+            provider: address = self._listings[listing_id].provider
+            self._credit(provider, shares[i])
+            log PredictionFee(job_id=job_id, listing_id=listing_id, provider=provider, amount=shares[i])
+    self.liabilities += msg.value
+    log PredictionsPaid(job_id=job_id, payer=msg.sender, count=count, amount=msg.value)
+
+
+@external
+@nonreentrant
+def withdraw():
+    """
+    @notice Send the caller every wei credited to it (payouts, refunds, fees).
+    """
+    amount: uint256 = self.balances[msg.sender]
+    assert amount > 0, "marketplace: nothing to withdraw"
+    self.balances[msg.sender] = 0
+    self.liabilities -= amount
+    send(msg.sender, amount)
+    log Withdrawal(account=msg.sender, amount=amount)

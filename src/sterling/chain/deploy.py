@@ -1,0 +1,105 @@
+"""Deployments: deploy the Marketplace once, record where, reuse it after restarts.
+
+A state folder holds ``deployment.json`` (chain id, addresses, block). When a
+recorded deployment still has code on the same chain it is reused; otherwise
+a fresh one is deployed and recorded (written atomically).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from sterling.chain.marketplace import Marketplace
+from sterling.chain.node import Chain
+from sterling.errors import DeploymentNotFound, UsageError
+
+DEPLOYMENT_FILE = "deployment.json"
+SIM_PLATFORM_KEY_FILE = "simulated-platform.key"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    chain_id: int
+    marketplace: str
+    attestation_signer: str
+    deployer: str
+    block: int
+
+    def save(self, state_dir: Path) -> Path:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path = state_dir / DEPLOYMENT_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Deployment:
+        path = state_dir / DEPLOYMENT_FILE
+        if not path.exists():
+            raise DeploymentNotFound(f"no deployment recorded in {state_dir} (run `sterling chain deploy`)")
+        try:
+            data = json.loads(path.read_text())
+            return cls(
+                chain_id=int(data["chain_id"]),
+                marketplace=str(data["marketplace"]),
+                attestation_signer=str(data["attestation_signer"]),
+                deployer=str(data["deployer"]),
+                block=int(data["block"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{path} is not a valid deployment record: {exc}") from exc
+
+
+def simulated_platform_key(state_dir: Path) -> LocalAccount:
+    """The SIMULATION's attestation key: created once in the state folder.
+
+    A hardware TEE's attestation is signed by the platform vendor; here no
+    TEE exists, so a local key stands in for it and attests nothing real.
+    """
+    path = state_dir / SIM_PLATFORM_KEY_FILE
+    if path.exists():
+        existing: LocalAccount = Account.from_key(path.read_text().strip())
+        return existing
+    state_dir.mkdir(parents=True, exist_ok=True)
+    account: LocalAccount = Account.create()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(account.key.hex() + "\n")
+    return account
+
+
+def ensure_deployment(
+    chain: Chain,
+    state_dir: Path,
+    *,
+    deployer: LocalAccount,
+    attestation_signer: str | None = None,
+    lease_seconds: int = 900,
+) -> tuple[Deployment, bool]:
+    """The recorded deployment if it is still on this chain, else a new one.
+
+    Returns the deployment and whether it was reused.
+    """
+    path = state_dir / DEPLOYMENT_FILE
+    if path.exists():
+        recorded = Deployment.load(state_dir)
+        if recorded.chain_id == chain.chain_id and Marketplace(chain, recorded.marketplace).exists():
+            return recorded, True
+    signer = attestation_signer or simulated_platform_key(state_dir).address
+    market = Marketplace.deploy(chain, deployer, attestation_signer=signer, lease_seconds=lease_seconds)
+    deployment = Deployment(
+        chain_id=chain.chain_id,
+        marketplace=market.address,
+        attestation_signer=signer,
+        deployer=deployer.address,
+        block=int(chain.w3.eth.block_number),
+    )
+    deployment.save(state_dir)
+    return deployment, False

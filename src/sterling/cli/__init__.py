@@ -1,0 +1,1 @@
+"""The `sterling` command line: `app.py` registers the command groups."""

@@ -1,0 +1,5 @@
+"""`python -m sterling.cli` runs the `sterling` command."""
+
+from sterling.cli.app import main
+
+main()

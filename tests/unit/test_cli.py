@@ -1,0 +1,93 @@
+"""The CLI as a user meets it: help everywhere, one clear line for every mistake."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+STERLING = [sys.executable, "-m", "sterling.cli"]
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*STERLING, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        [],
+        ["chain"],
+        ["chain", "up"],
+        ["chain", "deploy"],
+        ["chain", "status"],
+        ["chain", "compile"],
+        ["bench"],
+        ["demo"],
+        ["version"],
+    ],
+)
+def test_every_command_has_help(cmd):
+    result = run(*cmd, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
+    assert len(result.stdout.splitlines()) > 3
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["chain", "status", "--rpc-url", "ftp://example"], 2, "must be an http(s) URL"),
+        (["chain", "status", "--rpc-url", "http://127.0.0.1:1"], 4, "no EVM node answers"),
+        (["bench", "no-such-bench"], 2, "no benchmark named 'no-such-bench'"),
+        (["chain", "up", "--port", "70000"], 2, "--port must be between 1 and 65535"),
+    ],
+)
+def test_mistakes_print_one_clear_line_and_exit_non_zero(args, code, message):
+    result = run(*args)
+    assert result.returncode == code
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_deploy_refuses_a_bad_key_file_without_printing_it(tmp_path: Path):
+    key = tmp_path / "key"
+    key.write_text("not-a-key-but-secret-looking")
+    result = run("chain", "deploy", "--rpc-url", "http://127.0.0.1:1", "--key-file", str(key))
+    assert result.returncode != 0
+    assert "not-a-key-but-secret-looking" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_option_is_a_usage_error():
+    result = run("chain", "status")
+    assert result.returncode == 2
+    assert "--rpc-url" in result.stderr
+
+
+def test_version_prints_the_package_version():
+    from sterling import __version__
+
+    assert run("version").stdout.strip() == __version__
+
+
+def test_compile_check_passes_on_committed_artefacts():
+    result = run("chain", "compile", "--check")
+    assert result.returncode == 0, result.stderr
+    assert "match" in result.stdout
+
+
+def test_embedded_demo_settles_a_job_and_refuses_an_overspend():
+    result = run("demo", "--embedded", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["enclave_mode"] == "simulation"
+    assert report["jobs"][0]["state"] == "completed"
+    assert report["refused_job_reason"] == "marketplace: epsilon above remaining budget"
+    paid = {p["name"]: p["paid_wei"] for p in report["providers"]}
+    assert paid["St Mary's Hospital"] == 0  # the consumer holds the hospital's credential
+    assert all(v > 0 for k, v in paid.items() if k != "St Mary's Hospital")
+    assert sum(paid.values()) == report["jobs"][0]["paid_wei"]
