@@ -40,8 +40,10 @@ $(STAMPS)/python: $(BIN)/python pyproject.toml requirements.lock | $(STAMPS)
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
 	touch $@
 
+# `npm ci` refuses this lock file (npm 11 leaves out other platforms' optional
+# binaries), so install from it with `npm install`, which keeps it as it is.
 $(STAMPS)/node: package.json package-lock.json | $(STAMPS)
-	npm ci --no-audit --no-fund --loglevel=error
+	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 demo: setup

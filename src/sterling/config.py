@@ -36,6 +36,20 @@ class Settings:
 
     home: Path
     anvil: Path | None
+    rpc_url: str | None = None
+    passphrase: str | None = None
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def store_url(self) -> str:
+        return str(self.home / "blobs")
+
+    @property
+    def chain_state(self) -> Path:
+        return self.home / "chain"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -44,7 +58,12 @@ class Settings:
         anvil = Path(anvil_env) if anvil_env else _find_anvil()
         if anvil_env and not Path(anvil_env).exists():
             raise ConfigError(f"STERLING_ANVIL points to {anvil_env}, which does not exist")
-        return cls(home=home, anvil=anvil)
+        return cls(
+            home=home,
+            anvil=anvil,
+            rpc_url=os.environ.get("STERLING_RPC_URL") or None,
+            passphrase=os.environ.get("STERLING_PASSPHRASE") or None,
+        )
 
     def require_anvil(self) -> Path:
         if self.anvil is None:

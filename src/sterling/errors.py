@@ -55,6 +55,25 @@ class ContractRevert(ChainError):
         super().__init__(f"{where}reverted: {reason}")
 
 
+class DatasetError(UsageError):
+    """A dataset file is malformed; the message names the file, the row or image, and the problem."""
+
+
+class IntegrityError(SterlingError):
+    """Ciphertext, a sealed key, a blob or a signature failed authentication.
+
+    Nothing derived from the unauthenticated input has been handed out or written.
+    """
+
+    exit_code = 6
+
+
+class KeyStoreError(SterlingError):
+    """A key file could not be read, decrypted or written."""
+
+    exit_code = 7
+
+
 class NotFound(SterlingError, LookupError):
     """A listing, job, enclave or file that was asked for does not exist."""
 

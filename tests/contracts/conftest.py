@@ -44,8 +44,14 @@ class Market:
     a: Actors
     hpke_key: bytes = bytes.fromhex("22" * 32)
 
-    def attest(self, enclave: LocalAccount, *, measurement: bytes = MEASUREMENT,
-               signer: LocalAccount | None = None, hpke_key: bytes | None = None) -> bytes:
+    def attest(
+        self,
+        enclave: LocalAccount,
+        *,
+        measurement: bytes = MEASUREMENT,
+        signer: LocalAccount | None = None,
+        hpke_key: bytes | None = None,
+    ) -> bytes:
         digest = self.m.attestation_digest(
             measurement=measurement, enclave=enclave.address, hpke_public_key=hpke_key or self.hpke_key
         )
@@ -53,38 +59,87 @@ class Market:
 
     def register(self, enclave: LocalAccount, measurement: bytes = MEASUREMENT) -> None:
         self.m.register_enclave(
-            enclave, measurement=measurement, hpke_public_key=self.hpke_key,
+            enclave,
+            measurement=measurement,
+            hpke_public_key=self.hpke_key,
             attestation=self.attest(enclave, measurement=measurement),
         )
 
-    def publish(self, provider: LocalAccount | None = None, *, budget: float = 5.0, cap: float = 2.0,
-                price_per_job: int = 10**15, price_per_epsilon: int = 10**16, delta: float = 1e-5,
-                policy: str | None = None, pinned: bytes | None = None) -> int:
-        terms = Terms(price_per_job, price_per_epsilon, to_micro(cap),
-                      policy or "0x0000000000000000000000000000000000000000", pinned or bytes(32))
+    def publish(
+        self,
+        provider: LocalAccount | None = None,
+        *,
+        budget: float = 5.0,
+        cap: float = 2.0,
+        price_per_job: int = 10**15,
+        price_per_epsilon: int = 10**16,
+        delta: float = 1e-5,
+        policy: str | None = None,
+        pinned: bytes | None = None,
+    ) -> int:
+        terms = Terms(
+            price_per_job,
+            price_per_epsilon,
+            to_micro(cap),
+            policy or "0x0000000000000000000000000000000000000000",
+            pinned or bytes(32),
+        )
         return self.m.publish(
-            provider or self.a.provider, data_uri=f"memory://blob/{os.urandom(4).hex()}",
-            data_hash=os.urandom(32), sealed_key=os.urandom(80), terms=terms,
-            epsilon_budget=to_micro(budget), delta=to_delta(delta),
+            provider or self.a.provider,
+            data_uri=f"memory://blob/{os.urandom(4).hex()}",
+            data_hash=os.urandom(32),
+            sealed_key=os.urandom(80),
+            terms=terms,
+            epsilon_budget=to_micro(budget),
+            delta=to_delta(delta),
         )
 
-    def submit(self, listing_ids: list[int], epsilons: list[float], *, consumer: LocalAccount | None = None,
-               value: int | None = None, delta: float = 1e-5) -> int:
+    def submit(
+        self,
+        listing_ids: list[int],
+        epsilons: list[float],
+        *,
+        consumer: LocalAccount | None = None,
+        value: int | None = None,
+        delta: float = 1e-5,
+    ) -> int:
         consumer = consumer or self.a.consumer
         micro = [to_micro(e) for e in epsilons]
         if value is None:
-            value = sum(self.m.quote(consumer.address, lid, e) for lid, e in zip(listing_ids, micro, strict=True))
+            value = sum(
+                self.m.quote(consumer.address, lid, e) for lid, e in zip(listing_ids, micro, strict=True)
+            )
         return self.m.submit_job(
-            consumer, listing_ids=listing_ids, epsilons=micro, delta=to_delta(delta),
-            consumer_key=os.urandom(32), job_hash=os.urandom(32), job_uri="memory://job", value=value,
+            consumer,
+            listing_ids=listing_ids,
+            epsilons=micro,
+            delta=to_delta(delta),
+            consumer_key=os.urandom(32),
+            job_hash=os.urandom(32),
+            job_uri="memory://job",
+            value=value,
         )
 
-    def complete(self, job_id: int, *, payouts: list[int], spent: list[int], weights: list[int] | None = None,
-                 enclave: LocalAccount | None = None, **kw):  # type: ignore[no-untyped-def]
+    def complete(
+        self,
+        job_id: int,
+        *,
+        payouts: list[int],
+        spent: list[int],
+        weights: list[int] | None = None,
+        enclave: LocalAccount | None = None,
+        **kw,
+    ):  # type: ignore[no-untyped-def]
         return self.m.complete_job(
-            enclave or self.a.enclave, job_id, result_hash=os.urandom(32), model_uri="memory://model",
-            sealed_model_key=os.urandom(80), payouts=payouts, spent=spent,
-            weights=weights if weights is not None else [1] * len(payouts), **kw,
+            enclave or self.a.enclave,
+            job_id,
+            result_hash=os.urandom(32),
+            model_uri="memory://model",
+            sealed_model_key=os.urandom(80),
+            payouts=payouts,
+            spent=spent,
+            weights=weights if weights is not None else [1] * len(payouts),
+            **kw,
         )
 
 

@@ -68,6 +68,14 @@ def test_chain_up_deploys_then_a_restart_keeps_everything(tmp_path):
             provider, data_uri="file:///x", data_hash=data_hash, sealed_key=b"k" * 80,
             terms=Terms(1, 2, 1_000_000), epsilon_budget=3_000_000, delta=10**13,
         )  # fmt: skip
+        listed = subprocess.run(
+            [*STERLING, "chain", "events", "--rpc-url", ready["rpc_url"], "--state", str(state),
+             "--name", "ListingPublished", "--format", "json"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        (event,) = json.loads(listed.stdout)
+        assert event["args"]["listing_id"] == 1
+        assert event["args"]["data_hash"] == "0x" + data_hash.hex()
         time.sleep(1.5)  # one state save interval
     with chain_up(state) as again:
         assert again["reused"] is True

@@ -172,6 +172,14 @@ class Marketplace(ContractClient):
     def is_enclave(self, address: str) -> bool:
         return bool(self._call("is_enclave", to_checksum_address(address)))
 
+    def live_enclaves(self) -> list[Enclave]:
+        """Registered enclaves whose measurement is still allowed, newest first (from events)."""
+        seen: dict[str, None] = {}
+        for ev in reversed(self.events()):
+            if ev.name == "EnclaveRegistered":
+                seen.setdefault(str(ev.args["enclave"]), None)
+        return [self.enclave(a) for a in seen if self.is_enclave(a)]
+
     def measurement_allowed(self, measurement: bytes) -> bool:
         return bool(self._call("allowed_measurements", measurement))
 

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from sterling import __version__
-from sterling.cli import bench, chain, demo
+from sterling.cli import bench, chain, data, demo, keys, provider
 from sterling.cli.common import err_console
 from sterling.errors import SterlingError
 
@@ -23,6 +23,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(chain.app, name="chain")
+app.add_typer(keys.app, name="keys")
+app.add_typer(data.app, name="data")
+app.add_typer(provider.app, name="provider")
+app.command("listings")(provider.listings)
 app.command("bench")(bench.bench)
 app.command("demo")(demo.demo)
 

@@ -12,7 +12,7 @@ from rich.table import Table
 
 # Chain modules (web3, eth-account, vyper) load inside the commands that use
 # them, so `sterling --help` answers at once.
-from sterling.cli.common import Format, FormatOpt, console, emit_json, load_account
+from sterling.cli.common import Format, FormatOpt, connect_market, console, emit_json, load_account
 from sterling.config import Settings
 from sterling.errors import UsageError
 
@@ -152,22 +152,8 @@ def status(
     fmt: FormatOpt = Format.text,
 ) -> None:
     """Show the chain and the Marketplace: block, listings, jobs, enclaves."""
-    from sterling.chain import node
-    from sterling.chain.deploy import Deployment
-    from sterling.chain.marketplace import Marketplace
-
-    chain = node.connect(rpc_url)
-    if marketplace is None:
-        deployment = Deployment.load(_state_dir(state))
-        if deployment.chain_id != chain.chain_id:
-            raise UsageError(
-                f"the deployment in {_state_dir(state)} is for chain {deployment.chain_id}, "
-                f"but {rpc_url} is chain {chain.chain_id}: pass --marketplace"
-            )
-        marketplace = deployment.marketplace
-    elif not _is_address(marketplace):
-        raise UsageError(f"--marketplace is not an address: {marketplace!r}")
-    m = Marketplace.at(chain, marketplace)
+    m = connect_market(Settings.from_env(), rpc_url, marketplace, state)
+    chain = m.chain
     out: dict[str, Any] = {
         "chain_id": chain.chain_id,
         "block": int(chain.w3.eth.block_number),
@@ -207,3 +193,39 @@ def compile_contracts(
         return
     for path in artifacts.write_all(fresh):
         console.print(f"wrote {path}")
+
+
+@app.command("events")
+def events(
+    rpc_url: Annotated[
+        str | None, typer.Option("--rpc-url", help="JSON-RPC URL. Default: $STERLING_RPC_URL.")
+    ] = None,
+    marketplace: Annotated[str | None, typer.Option("--marketplace", help="Marketplace address.")] = None,
+    state: StateOpt = None,
+    from_block: Annotated[int, typer.Option("--from-block", min=0, help="First block to read.")] = 0,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Only events of this name, e.g. JobCompleted.")
+    ] = None,
+    fmt: FormatOpt = Format.text,
+) -> None:
+    """Every Marketplace event, oldest first: the chain's own record of what happened."""
+    m = connect_market(Settings.from_env(), rpc_url, marketplace, state)
+    found = [e for e in m.events(from_block=from_block) if name is None or e.name == name]
+
+    def plain(value: Any) -> Any:
+        return "0x" + value.hex() if isinstance(value, bytes) else value
+
+    rows: list[dict[str, Any]] = [
+        {"block": e.block, "tx": e.tx_hash, "event": e.name, "args": {k: plain(v) for k, v in e.args.items()}}
+        for e in found
+    ]
+    if fmt is Format.json:
+        emit_json(rows)
+        return
+    table = Table(title=f"Marketplace {m.address} events")
+    for col in ("block", "event", "arguments"):
+        table.add_column(col)
+    for r in rows:
+        args = ", ".join(f"{k}={v}" for k, v in r["args"].items() if not str(v).startswith("0x" + "0" * 40))
+        table.add_row(str(r["block"]), r["event"], args)
+    console.print(table)

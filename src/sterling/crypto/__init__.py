@@ -1,0 +1,1 @@
+"""The only home of secrets: the sealed-data container, HPKE sealing, signatures and keystores."""

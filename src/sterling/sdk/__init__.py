@@ -1,0 +1,1 @@
+"""What a provider and a consumer do, as functions the CLI and the web app share."""

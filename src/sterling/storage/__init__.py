@@ -1,0 +1,1 @@
+"""Where ciphertext lives: content-addressed blobs behind fsspec."""
