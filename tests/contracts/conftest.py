@@ -43,6 +43,7 @@ class Market:
     m: Marketplace
     a: Actors
     hpke_key: bytes = bytes.fromhex("22" * 32)
+    measurement: bytes = MEASUREMENT
 
     def attest(
         self,
