@@ -1,0 +1,1 @@
+"""The privacy engine: job model, verifier, accountant, DP-SGD."""

@@ -1,0 +1,102 @@
+"""A job: what to train on which listings, with which privacy, at what price.
+
+Jobs are typed, validated pydantic models with a canonical JSON encoding
+(sorted keys, no whitespace), so `job_hash()` is stable across machines and
+is what goes on chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sterling.errors import UsageError
+from sterling.privacy.graph import ModelGraph
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListingAsk(_Strict):
+    listing_id: int = Field(gt=0)
+    epsilon: float = Field(gt=0, description="ε reserved on this listing's budget")
+
+
+class Training(_Strict):
+    epochs: float | None = Field(default=None, gt=0, le=1000)
+    steps: int | None = Field(default=None, gt=0, le=1_000_000)
+    expected_batch_size: int | None = Field(default=None, gt=0)
+    sample_rate: float | None = Field(default=None, gt=0, le=1)
+    learning_rate: float = Field(default=0.1, gt=0, le=100)
+    optimizer: Literal["sgd", "momentum", "adam"] = "sgd"
+    clipping_norm: float = Field(default=1.0, gt=0)
+    noise_multiplier: float | None = Field(default=None, gt=0)
+    target_epsilon: float | None = Field(default=None, gt=0)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    oblivious: bool = False
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> Training:
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("give exactly one of epochs or steps")
+        if (self.expected_batch_size is None) == (self.sample_rate is None):
+            raise ValueError("give exactly one of expected_batch_size or sample_rate")
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("give exactly one of noise_multiplier or target_epsilon")
+        return self
+
+
+class Evaluation(_Strict):
+    holdout_fraction: float = Field(default=0.2, ge=0, lt=1)
+    metrics: tuple[Literal["accuracy", "auc", "loss"], ...] = ("accuracy",)
+    #: ε spent releasing metrics measured on private held-out data (Laplace); 0 releases none.
+    metrics_epsilon: float = Field(default=0.0, ge=0)
+
+
+class Release(_Strict):
+    model: bool = True
+    appraisal_values: bool = False
+    appraisal_epsilon: float = Field(default=0.0, ge=0)
+
+
+class Job(_Strict):
+    version: Literal[1] = 1
+    name: str = Field(default="", max_length=200)
+    purpose: str = Field(default="", max_length=500)
+    listings: tuple[ListingAsk, ...] = Field(min_length=1, max_length=32)
+    model: ModelGraph
+    training: Training
+    evaluation: Evaluation = Evaluation()
+    release: Release = Release()
+    payment_cap_wei: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _distinct_listings(self) -> Job:
+        ids = [a.listing_id for a in self.listings]
+        if len(set(ids)) != len(ids):
+            raise ValueError("each listing may appear once")
+        return self
+
+    def canonical(self) -> bytes:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+
+    def job_hash(self) -> bytes:
+        return hashlib.sha256(self.canonical()).digest()
+
+    @classmethod
+    def parse(cls, doc: Any, *, source: str = "job") -> Job:
+        """Validate a job document; every problem at once, each with its field path."""
+        try:
+            if isinstance(doc, str | bytes):
+                return cls.model_validate_json(doc)
+            return cls.model_validate(doc)
+        except ValidationError as exc:
+            problems = [
+                f"{'.'.join(str(p) for p in err['loc']) or '(job)'}: {err['msg']}" for err in exc.errors()
+            ]
+            raise UsageError(f"{source}: " + "; ".join(problems)) from None
