@@ -113,22 +113,23 @@ class Trace(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def trace_step(oblivious: bool, data_seed: int, sample_seed: int) -> list[tuple]:
+def trace_step(oblivious: bool, data_seed: int, sample_seed: int, family: str = "cnn") -> list[tuple]:
     g = torch.Generator().manual_seed(data_seed)
     x, y = torch.randn(64, 3, 8, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
-    tr = trainer("cnn", shape=(3, 8, 8), classes=3, sample_rate=0.3, oblivious=oblivious, seed=sample_seed)
+    tr = trainer(family, shape=(3, 8, 8), classes=3, sample_rate=0.3, oblivious=oblivious, seed=sample_seed)
     with Trace() as t:
         tr.step(x, y)
     return t.ops
 
 
-def test_oblivious_step_trace_is_identical_across_data_and_samples():
-    a = trace_step(True, data_seed=1, sample_seed=10)
-    b = trace_step(True, data_seed=2, sample_seed=20)
-    assert len(a) > 50
+@pytest.mark.parametrize("family", ["cnn", "logistic_regression"])
+def test_oblivious_step_trace_is_identical_across_data_and_samples(family):
+    a = trace_step(True, data_seed=1, sample_seed=10, family=family)
+    b = trace_step(True, data_seed=2, sample_seed=20, family=family)
+    assert len(a) > 20
     assert a == b
     # The ordinary step's trace does depend on which rows were sampled: the test can tell.
-    assert trace_step(False, 1, 10) != trace_step(False, 2, 20)
+    assert trace_step(False, 1, 10, family) != trace_step(False, 2, 20, family)
 
 
 def test_oblivious_and_ordinary_steps_compute_the_same_update():

@@ -13,6 +13,9 @@ selection matrix: every step runs the same operations on the same shapes and
 reads every row, whichever rows were sampled and whatever their values.
 Unused slots carry weight 0. (In the one-in-a-billion event that more than B
 rows are sampled, the surplus is dropped, which can only lower sensitivity.)
+For logistic regression, whose per-example terms are two small matrix
+products, it is cheaper to skip the gather and weight every row by its 0/1
+sampling mask.
 """
 
 from __future__ import annotations
@@ -193,6 +196,9 @@ class DPSGD:
         if not self.oblivious:
             idx = mask.nonzero().squeeze(1)
             return x[idx], y[idx], torch.ones(len(idx), device=x.device)
+        if self.closed_form:
+            # A linear model's per-example terms are cheap: take every row, weighted by the mask.
+            return x, y, mask.to(x.dtype)
         n, cap = len(x), oblivious_capacity(len(x), self.q)
         slot = torch.cumsum(mask.long(), 0) - 1  # the slot each sampled row goes to
         select = (slot[None, :] == torch.arange(cap)[:, None]) & mask[None, :]  # cap × n, dense
