@@ -8,7 +8,6 @@ a fresh one is deployed and recorded (written atomically).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from eth_account.signers.local import LocalAccount
 from sterling.chain.marketplace import Marketplace
 from sterling.chain.node import Chain
 from sterling.errors import DeploymentNotFound, UsageError
+from sterling.files import atomic_write
 
 DEPLOYMENT_FILE = "deployment.json"
 SIM_PLATFORM_KEY_FILE = "simulated-platform.key"
@@ -32,11 +32,8 @@ class Deployment:
     block: int
 
     def save(self, state_dir: Path) -> Path:
-        state_dir.mkdir(parents=True, exist_ok=True)
         path = state_dir / DEPLOYMENT_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        tmp.replace(path)
+        atomic_write(path, (json.dumps(asdict(self), indent=2) + "\n").encode())
         return path
 
     @classmethod
@@ -67,11 +64,8 @@ def simulated_platform_key(state_dir: Path) -> LocalAccount:
     if path.exists():
         existing: LocalAccount = Account.from_key(path.read_text().strip())
         return existing
-    state_dir.mkdir(parents=True, exist_ok=True)
     account: LocalAccount = Account.create()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(account.key.hex() + "\n")
+    atomic_write(path, (account.key.hex() + "\n").encode(), mode=0o600)
     return account
 
 

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from sterling.errors import IntegrityError, UsageError
+from sterling.files import atomic_writer
 
 MAGIC = b"STRLENC\x00"
 VERSION = 1
@@ -211,38 +212,16 @@ def decrypt_bytes(ciphertext: bytes, key: bytes) -> bytes:
     return out.getvalue()
 
 
-def _atomic(dst: Path) -> Path:
-    return dst.with_name(f".{dst.name}.partial-{os.getpid()}-{os.urandom(4).hex()}")
-
-
-def _publish(tmp: Path, dst: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    tmp.replace(dst)
-
-
 def encrypt_file(src: Path, dst: Path, key: bytes, *, chunk_size: int = DEFAULT_CHUNK) -> int:
     """Encrypt `src` to `dst` atomically; returns the plaintext length."""
-    tmp = _atomic(dst)
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            total = encrypt_stream(fin, fout, key, chunk_size=chunk_size)
-        _publish(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return total
+    with open(src, "rb") as fin, atomic_writer(dst) as fout:
+        return encrypt_stream(fin, fout, key, chunk_size=chunk_size)
 
 
 def decrypt_file(src: Path, dst: Path, key: bytes) -> int:
     """Decrypt `src` to `dst`; on any failure nothing appears at `dst`."""
-    tmp = _atomic(dst)
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            total = decrypt_stream(fin, fout, key)
-        _publish(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return total
+    with open(src, "rb") as fin, atomic_writer(dst) as fout:
+        return decrypt_stream(fin, fout, key)
 
 
 def ciphertext_size(plaintext_size: int, chunk_size: int = DEFAULT_CHUNK) -> int:

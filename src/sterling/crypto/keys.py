@@ -15,7 +15,6 @@ and sign) and an X25519 key (to receive sealed model keys or data keys).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,24 +27,11 @@ from eth_keyfile.keyfile import create_keyfile_json, decode_keyfile_json
 
 from sterling.crypto.seal import public_bytes
 from sterling.errors import KeyStoreError, UsageError
+from sterling.files import atomic_write
 
 KINDS = ("ethereum", "x25519", "data-key")
 #: scrypt work factor of the standard keystore; tests may lower it.
 DEFAULT_SCRYPT_N = 1 << 18
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_secret(
@@ -72,7 +58,7 @@ def save_secret(
         doc.pop("address", None)
     if kind == "x25519":
         doc["x25519_public_key"] = public_bytes(X25519PrivateKey.from_private_bytes(secret)).hex()
-    _write_private(path, json.dumps(doc, indent=1))
+    atomic_write(path, json.dumps(doc, indent=1).encode(), mode=0o600)
 
 
 def read_header(path: Path) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from sterling.crypto import container, seal
 from sterling.crypto.keys import DEFAULT_SCRYPT_N, load_secret, save_secret
 from sterling.data.dataset import Dataset
 from sterling.errors import IntegrityError, NotFound, UsageError
+from sterling.files import atomic_write
 from sterling.storage.blobs import BlobRef, BlobStore, cid_of, fetch_verified
 
 MANIFEST_FORMAT = "sterling.listing-manifest/1"
@@ -274,14 +274,14 @@ def encrypt_to_dir(
         save_secret(key_file, key, passphrase, kind="data-key", scrypt_n=scrypt_n)
         blob = container.encrypt_bytes(dataset.to_bytes(), key)
         digest = hashlib.sha256(blob).digest()
-        _atomic_write(ciphertext, blob)
+        atomic_write(ciphertext, blob)
         doc = {
             "format": MANIFEST_FORMAT,
             "name": name,
             "schema": dataset.schema.to_json(),
             "ciphertext": {"sha256": "0x" + digest.hex(), "cid": cid_of(digest), "size": len(blob)},
         }
-        _atomic_write(manifest, json.dumps(doc, indent=1, sort_keys=True).encode())
+        atomic_write(manifest, json.dumps(doc, indent=1, sort_keys=True).encode())
     except BaseException:
         for p in (ciphertext, key_file, manifest):
             p.unlink(missing_ok=True)
@@ -301,17 +301,5 @@ def decrypt_to(ciphertext: Path, key_file: Path, out: Path, *, passphrase: str) 
         raise UsageError(f"cannot read {ciphertext}: {exc.strerror}") from None
     plain = container.decrypt_bytes(blob, key)
     dataset = Dataset.from_bytes(plain)
-    _atomic_write(out, plain)
+    atomic_write(out, plain)
     return dataset
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.urandom(4).hex()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -24,6 +24,7 @@ import fsspec
 from multiformats import CID, multihash
 
 from sterling.errors import IntegrityError, NotFound, UsageError
+from sterling.files import atomic_writer
 
 READ_CHUNK = 1 << 20
 
@@ -150,22 +151,17 @@ class BlobStore:
     def get_file(self, address: str | bytes, dst: Path) -> BlobRef:
         """Copy the blob to `dst`; it appears there only after its hash verified."""
         digest = address if isinstance(address, bytes) else parse_address(address)
-        tmp = dst.with_name(f".{dst.name}.partial-{os.urandom(4).hex()}")
         h = hashlib.sha256()
         size = 0
-        try:
-            with open(tmp, "wb") as out:
-                for chunk in self._chunks(digest):
-                    h.update(chunk)
-                    size += len(chunk)
-                    out.write(chunk)
+        with atomic_writer(dst) as out:
+            for chunk in self._chunks(digest):
+                h.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
             if h.digest() != digest:
                 raise IntegrityError(
                     f"blob {digest.hex()} in {self.url} is corrupt: its content hash differs"
                 )
-            tmp.replace(dst)
-        finally:
-            tmp.unlink(missing_ok=True)
         return BlobRef(digest, size, self.uri(digest))
 
     def delete(self, address: str | bytes) -> None:
