@@ -172,3 +172,41 @@ def test_dp_logistic_regression_reaches_95_percent_at_epsilon_1():
             pred = tr.model(torch.tensor(Xte, dtype=torch.float32)).argmax(1).numpy()
         accs.append((pred == yte).mean())
     assert np.median(accs) >= 0.95, accs
+
+
+@pytest.mark.parametrize(
+    ("layers", "shape"),
+    [
+        (template("cnn", classes=4).model_dump(mode="json")["layers"], (3, 12, 12)),
+        (
+            [
+                {"type": "linear", "out": 8},
+                {"type": "layernorm"},
+                {"type": "gelu"},
+                {"type": "linear", "out": 4},
+            ],
+            (6,),
+        ),
+    ],
+)
+def test_batched_per_example_gradients_match_vmap(layers, shape):
+    from sterling.privacy.graph import ModelGraph
+
+    tr = DPSGD(
+        ModelGraph.model_validate({"layers": layers}),
+        shape,
+        clipping_norm=0.5,
+        noise_multiplier=1.0,
+        sample_rate=0.5,
+        steps=1,
+        learning_rate=0.1,
+    )
+    assert tr.hooks
+    x, y = torch.randn(24, *shape), torch.randint(0, 4, (24,))
+    weight = (torch.rand(24) < 0.7).float()
+    batched, loss_a = tr._clipped_sum(x, y, weight)
+    tr.hooks = False
+    reference, loss_b = tr._clipped_sum(x, y, weight)
+    assert loss_a == pytest.approx(loss_b)
+    for a, b in zip(batched, reference, strict=True):
+        assert torch.allclose(a.reshape(b.shape), b, atol=1e-5, rtol=1e-4)

@@ -5,7 +5,9 @@ Each step samples every training example independently with probability q
 gradients, clips each to norm C, sums them, adds N(0, σ²C²) noise to the sum
 and divides by the expected batch size qN. Per-example gradients come from
 a closed form for logistic regression (one linear layer with softmax cross
-entropy) and from `torch.func.vmap(grad(...))` otherwise.
+entropy), from one batched backward pass with per-layer rules for models
+built of linear, conv, group-norm and layer-norm layers (`persample`), and
+from `torch.func.vmap(grad(...))` otherwise; tests check all three agree.
 
 Data-oblivious mode fixes the batch to a capacity B (the expected size plus
 six standard deviations) and gathers the sampled rows with a dense 0/1
@@ -29,7 +31,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from sterling.errors import UsageError
-from sterling.privacy import accountant
+from sterling.privacy import accountant, persample
 from sterling.privacy.graph import (
     Activation,
     BatchNorm,
@@ -126,6 +128,8 @@ class DPSGD:
         torch.manual_seed(seed)
         self.model = build_module(graph, in_shape).to(self.device)
         self.closed_form = graph.family == "logistic_regression" and graph.loss == "softmax_cross_entropy"
+        # Per-example gradients from one batched backward pass where every layer has a rule; vmap otherwise.
+        self.hooks = persample.supported(self.model)
         params = list(self.model.parameters())
         if optimizer == "adam":
             self.opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=learning_rate)
@@ -174,6 +178,10 @@ class DPSGD:
             scaled = err * factor[:, None]
             losses = nn.functional.cross_entropy(logits.detach(), y, reduction="none")
             summed = [scaled.T @ flat, scaled.sum(dim=0)]
+        elif self.hooks:
+            summed, losses = persample.clipped_sum(
+                self.model, x, y, weight, clip=self.clip, loss_fn=self._loss
+            )
         else:
             grads, losses = self._per_example_vmap(x, y)
             flat_norms = torch.stack([g.reshape(len(x), -1).pow(2).sum(dim=1) for g in grads.values()]).sum(
