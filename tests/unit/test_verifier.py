@@ -202,3 +202,12 @@ def test_cli_epsilon_and_verify(tmp_path):
     report = json.loads(bad.stdout)
     assert report["violations"][0]["listing_id"] == 2
     assert report["violations"][0]["term"] == "max_epsilon_per_job"
+
+
+def test_metrics_on_the_consumers_own_validation_set_need_no_epsilon():
+    own = job(evaluation={"holdout_fraction": 0.0, "metrics_epsilon": 0.0, "validation_uri": "memory://val"})
+    report = verify(own, {1: view(1), 2: view(2)})
+    assert report.ok, report.violations
+    assert report.summary["train_rows"] == 1200
+    with pytest.raises(UsageError, match="not both"):
+        job(evaluation={"holdout_fraction": 0.2, "validation_uri": "memory://val"})

@@ -53,6 +53,8 @@ class Training(_Strict):
 
 class Evaluation(_Strict):
     holdout_fraction: float = Field(default=0.2, ge=0, lt=1)
+    #: A validation set the consumer supplies (a sealed blob URI); metrics on it reveal nothing private.
+    validation_uri: str | None = Field(default=None, max_length=256)
     metrics: tuple[Literal["accuracy", "auc", "loss"], ...] = ("accuracy",)
     #: ε spent releasing metrics measured on private held-out data (Laplace); 0 releases none.
     metrics_epsilon: float = Field(default=0.0, ge=0)
@@ -77,6 +79,8 @@ class Job(_Strict):
 
     @model_validator(mode="after")
     def _distinct_listings(self) -> Job:
+        if self.evaluation.validation_uri is not None and self.evaluation.holdout_fraction > 0:
+            raise ValueError("evaluate on either a private holdout or your own validation set, not both")
         ids = [a.listing_id for a in self.listings]
         if len(set(ids)) != len(ids):
             raise ValueError("each listing may appear once")

@@ -129,7 +129,7 @@ def verify(job: Job, listings: dict[int, ListingView]) -> Report:
 
     # ---- nothing computed from private data leaves without a DP mechanism
     ev, rel = job.evaluation, job.release
-    if ev.metrics and ev.holdout_fraction > 0 and ev.metrics_epsilon == 0:
+    if ev.metrics and ev.validation_uri is None and ev.holdout_fraction > 0 and ev.metrics_epsilon == 0:
         add(
             Violation(
                 "release",
