@@ -163,3 +163,41 @@ def test_listings_shows_schema_and_terms(market, tmp_path):
     assert item["schema"]["modality"] == "tabular"
     assert item["budget"]["epsilon_left"] == 4.0
     assert item["terms"]["price_per_epsilon_wei"] == 2000
+
+
+def test_job_verify_reads_terms_from_the_chain_and_the_manifest(market, tmp_path):
+    m, state, _ = market
+    data = write_csv(tmp_path / "clinic.csv", rows=200)
+    cmd = [
+        *publish_cmd(data, state, tmp_path / "blobs", m.chain.rpc_url),
+        "--allow-family",
+        "logistic_regression",
+    ]
+    listing_id = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)[
+        "listing_id"
+    ]
+
+    def verify(family: str, epsilon: float) -> tuple[int, dict]:
+        job = subprocess.run(
+            [*STERLING, "job", "template", family, "--listing", str(listing_id), "--epsilon", str(epsilon)],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        (tmp_path / "job.json").write_text(job)
+        out = subprocess.run(
+            [*STERLING, "job", "verify", str(tmp_path / "job.json"), "--rpc-url", m.chain.rpc_url,
+             "--state", str(state), "--format", "json"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        return out.returncode, json.loads(out.stdout)
+
+    code, report = verify("logistic_regression", 2.0)
+    assert code == 0, report
+    assert report["summary"]["train_rows"] == 160
+    assert report["summary"]["price_total_wei"] == 1000 + 2000 * 2
+    code, report = verify("mlp", 3.0)
+    assert code == 1
+    terms = {v["term"] for v in report["violations"]}
+    assert terms == {"model_family", "max_epsilon_per_job"}
+    family = next(v for v in report["violations"] if v["term"] == "model_family")
+    assert family["allowed"] == ["logistic_regression"]
+    assert family["listing_id"] == listing_id

@@ -66,6 +66,12 @@ def publish(
         str | None,
         typer.Option("--enclave", help="Enclave to seal the data key to. Default: the newest live one."),
     ] = None,
+    allow_family: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-family", help="Allow only this model family (repeat): logistic_regression, mlp, cnn."
+        ),
+    ] = None,
     name: Annotated[str, typer.Option("--name", help="A short public name for the listing.")] = "",
     description: Annotated[str, typer.Option("--description", help="A public description.")] = "",
     label_column: Annotated[
@@ -100,6 +106,11 @@ def publish(
         pinned_measurement=pin_measurement,
     )
     listing_terms.to_chain()  # refuse bad terms before touching anything
+    families = tuple(allow_family) if allow_family else None
+    from sterling.privacy.graph import FAMILIES
+
+    if families and not set(families) <= set(FAMILIES):
+        raise UsageError(f"--allow-family takes {', '.join(FAMILIES)}; got {', '.join(families)}")
     contract_source = None
     if terms is not None:
         try:
@@ -115,7 +126,12 @@ def publish(
     status = console.status("encrypting and storing") if fmt is Format.text else contextlib.nullcontext()
     with status:
         sealed = seal_dataset(
-            dataset, blobs, name=name or path.stem, description=description, contract_source=contract_source
+            dataset,
+            blobs,
+            name=name or path.stem,
+            description=description,
+            contract_source=contract_source,
+            allowed_families=families,
         )
     result = publish(market, account, sealed, listing_terms, enclave=target)
     out = {**result.to_json(), "rows": dataset.schema.rows, "modality": dataset.schema.modality}

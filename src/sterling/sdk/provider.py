@@ -135,8 +135,17 @@ def seal_dataset(
     name: str = "",
     description: str = "",
     contract_source: str | None = None,
+    allowed_families: tuple[str, ...] | None = None,
 ) -> SealedDataset:
-    """Encrypt `dataset` under a fresh data key and store ciphertext, contract and manifest."""
+    """Encrypt `dataset` under a fresh data key and store ciphertext, contract and manifest.
+
+    `allowed_families` (public terms the verifier enforces) limits the model families jobs may train.
+    """
+    from sterling.privacy.graph import FAMILIES
+
+    unknown = sorted(set(allowed_families or ()) - set(FAMILIES))
+    if unknown:
+        raise UsageError(f"unknown model families {', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
     contract = read_contract(contract_source)
     key = AESGCM.generate_key(bit_length=256)
     ciphertext = store.put_bytes(container.encrypt_bytes(dataset.to_bytes(), key))
@@ -149,6 +158,7 @@ def seal_dataset(
         "schema": schema,
         "ciphertext": ciphertext.to_json(),
         "contract": contract_ref.to_json() if contract_ref else None,
+        "terms": {"allowed_model_families": list(allowed_families) if allowed_families else None},
     }
     manifest_ref = store.put_bytes(json.dumps(manifest, sort_keys=True, indent=1).encode())
     return SealedDataset(ciphertext, manifest_ref, contract_ref, schema, key)
