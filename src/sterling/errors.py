@@ -78,3 +78,26 @@ class NotFound(SterlingError, LookupError):
     """A listing, job, enclave or file that was asked for does not exist."""
 
     exit_code = 5
+
+
+class EnclaveError(SterlingError):
+    """The enclave refused or could not do something (attestation, sealing, a key for an unclaimed job)."""
+
+    exit_code = 8
+
+
+class ContractError(SterlingError):
+    """A provider or consumer contract (sandboxed Python) could not be run to a valid answer.
+
+    `kind` says how it failed: ``syntax``, ``forbidden`` (imports a module or calls a builtin the
+    sandbox does not offer, e.g. ``os`` or ``open``), ``fuel`` (ran too long: loops forever),
+    ``memory``, ``timeout`` (wall clock), ``raised`` (an exception in the contract),
+    ``garbage`` (returned something that is not a valid answer), ``oversized`` (result too big),
+    or ``missing`` (the function it must define is absent).
+    """
+
+    exit_code = 9
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        super().__init__(f"contract {kind}: {message}")

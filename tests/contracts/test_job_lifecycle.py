@@ -162,3 +162,30 @@ def test_pinned_measurement(live):
         live.m.claim_job(live.a.enclave, jid)
     live.register(live.a.enclave2, measurement=other)
     live.m.claim_job(live.a.enclave2, jid)
+
+
+def test_progress_is_reported_by_the_holder_and_renews_the_lease(live):
+    jid = live.submit([live.publish()], [1.0])
+    first = live.m.claim_job(live.a.enclave, jid)
+    live.chain.advance_time(300)
+    renewed = live.m.report_progress(live.a.enclave, jid, step=10, steps=40, micro_epsilon=250_000)
+    assert renewed > first
+    assert live.m.job(jid).lease_deadline == renewed
+    progress = [e for e in live.m.events() if e.name == "JobProgress"]
+    assert [
+        (e.args["job_id"], e.args["step"], e.args["steps"], e.args["micro_epsilon"]) for e in progress
+    ] == [(jid, 10, 40, 250_000)]
+    with pytest.raises(ContractRevert, match="step beyond steps"):
+        live.m.report_progress(live.a.enclave, jid, step=41, steps=40, micro_epsilon=0)
+    live.register(live.a.enclave2)
+    with pytest.raises(ContractRevert, match="caller does not hold the job"):
+        live.m.report_progress(live.a.enclave2, jid, step=11, steps=40, micro_epsilon=0)
+    live.chain.advance_time(700)
+    with pytest.raises(ContractRevert, match="lease expired"):
+        live.m.report_progress(live.a.enclave, jid, step=11, steps=40, micro_epsilon=0)
+
+
+def test_progress_needs_a_claimed_job(live):
+    jid = live.submit([live.publish()], [1.0])
+    with pytest.raises(ContractRevert, match="job is not claimed"):
+        live.m.report_progress(live.a.enclave, jid, step=0, steps=1, micro_epsilon=0)

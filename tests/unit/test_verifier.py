@@ -211,3 +211,19 @@ def test_metrics_on_the_consumers_own_validation_set_need_no_epsilon():
     assert report.summary["train_rows"] == 1200
     with pytest.raises(UsageError, match="not both"):
         job(evaluation={"holdout_fraction": 0.2, "validation_uri": "memory://val"})
+
+
+def test_auc_on_private_held_out_rows_is_refused_but_allowed_on_the_consumers_own_set():
+    private = verify(job(evaluation={"metrics": ["accuracy", "auc"]}), {1: view(1), 2: view(2)})
+    (problem,) = [v for v in private.violations if v.field == "evaluation.metrics"]
+    assert problem.term == "release"
+    assert "validation set" in problem.message
+    own = job(
+        evaluation={
+            "holdout_fraction": 0.0,
+            "validation_uri": "file:///v/" + "ab" * 32,
+            "metrics": ["accuracy", "auc"],
+            "metrics_epsilon": 0.0,
+        }
+    )
+    assert verify(own, {1: view(1), 2: view(2)}).ok

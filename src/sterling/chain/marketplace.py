@@ -309,6 +309,13 @@ class Marketplace(ContractClient):
         receipt = self._send(enclave, "extend_lease", job_id)
         return int(self._event(receipt, "JobLeaseExtended").args["lease_deadline"])
 
+    def report_progress(
+        self, enclave: LocalAccount, job_id: int, *, step: int, steps: int, micro_epsilon: int
+    ) -> int:
+        """The holder's heartbeat: public progress on chain, and the lease renewed; returns the deadline."""
+        receipt = self._send(enclave, "report_progress", job_id, step, steps, micro_epsilon)
+        return int(self._event(receipt, "JobProgress").args["lease_deadline"])
+
     def expire_job(self, caller: LocalAccount, job_id: int) -> None:
         self._send(caller, "expire_job", job_id)
 
@@ -374,7 +381,9 @@ class Marketplace(ContractClient):
         )
 
     def fail_job(self, enclave: LocalAccount, job_id: int, *, reason: str) -> None:
-        self._send(enclave, "fail_job", job_id, reason[:256])
+        """Fail the job (full refund); the reason is cut to the contract's 256 bytes of UTF-8."""
+        text = reason.encode()[:256].decode(errors="ignore") or "failed"
+        self._send(enclave, "fail_job", job_id, text)
 
     def job_count(self) -> int:
         return int(self._call("job_count"))
@@ -401,6 +410,14 @@ class Marketplace(ContractClient):
             sealed_model_key=_bytes(smk),
             allocations=allocations,
         )
+
+    def job_events(self, job_id: int, *, from_block: int = 0) -> list[Event]:
+        """Every event about `job_id` (its first indexed argument), oldest first."""
+        topic = "0x" + job_id.to_bytes(32, "big").hex()
+        logs = self.chain.w3.eth.get_logs(
+            {"address": self.address, "fromBlock": from_block, "topics": [None, topic]}
+        )
+        return [ev for ev in self.decode_logs(logs) if ev.args.get("job_id") == job_id]
 
     def jobs(self) -> Iterator[Job]:
         for i in range(1, self.job_count() + 1):

@@ -14,6 +14,7 @@ from rich.console import Console
 from sterling.errors import UsageError
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
     from eth_account.signers.local import LocalAccount
 
     from sterling.chain.marketplace import Marketplace
@@ -165,3 +166,23 @@ def signer(
         return accounts[dev_account]
     assert identity is not None
     return Identity.load(settings.keys_dir, identity, read_passphrase(settings, passphrase_file)).account
+
+
+def consumer_keys(
+    settings: Settings,
+    market: Marketplace,
+    identity: str | None,
+    dev_account: int | None,
+    passphrase_file: Path | None,
+) -> tuple[LocalAccount, X25519PrivateKey]:
+    """The consumer's account and the X25519 key their models are sealed to.
+
+    An identity holds both; a local chain's dev account gets an X25519 key derived from it.
+    """
+    from sterling.crypto.keys import Identity, derived_x25519
+
+    if identity is not None and dev_account is None:
+        ident = Identity.load(settings.keys_dir, identity, read_passphrase(settings, passphrase_file))
+        return ident.account, ident.x25519
+    account = signer(settings, market, identity, dev_account, passphrase_file)
+    return account, derived_x25519(account)

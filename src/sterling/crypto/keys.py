@@ -149,3 +149,18 @@ class Identity:
         account: LocalAccount = Account.from_key(load_secret(eth_path, passphrase, kind="ethereum"))
         x = X25519PrivateKey.from_private_bytes(load_secret(x_path, passphrase, kind="x25519"))
         return cls(name, account, x)
+
+
+def derived_x25519(account: LocalAccount) -> X25519PrivateKey:
+    """An X25519 key derived from an Ethereum key, for a local chain's development accounts only.
+
+    Identities (`sterling keys new`) hold an independent X25519 key; a dev account has
+    none, so one is derived (HKDF-SHA256) to let the well-known test accounts receive models.
+    """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    raw = HKDF(hashes.SHA256(), 32, salt=None, info=b"sterling.dev-account-x25519.v1").derive(
+        bytes(account.key)
+    )
+    return X25519PrivateKey.from_private_bytes(raw)

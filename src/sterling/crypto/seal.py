@@ -76,3 +76,20 @@ def unseal(sealed: bytes, private_key: X25519PrivateKey, binding: Binding) -> by
             f"sealed {binding.purpose} does not open here: wrong key, or bound to another "
             "chain, Marketplace or subject, or tampered"
         ) from None
+
+
+def data_key_binding(chain_id: int, marketplace: str, data_hash: bytes) -> Binding:
+    """A data key opens only for the ciphertext it encrypts, on this chain and Marketplace."""
+    return Binding("data-key", chain_id, marketplace, data_hash)
+
+
+def job_body_binding(chain_id: int, marketplace: str, *, consumer: str, consumer_key: bytes) -> Binding:
+    """A job body opens only for the consumer who submitted it, with the model key they gave."""
+    return Binding(
+        "job-body", chain_id, marketplace, bytes.fromhex(consumer.removeprefix("0x")) + consumer_key
+    )
+
+
+def model_key_binding(chain_id: int, marketplace: str, *, job_id: int, result_hash: bytes) -> Binding:
+    """A model key opens only for this job's result."""
+    return Binding("model-key", chain_id, marketplace, job_id.to_bytes(32, "big") + result_hash)

@@ -35,3 +35,13 @@ def verify(address: str, message: bytes, signature: bytes) -> bool:
         return recover(message, signature) == to_checksum_address(address)
     except IntegrityError:
         return False
+
+
+def credential_message(consumer: str) -> bytes:
+    """What an issuer (e.g. a hospital) signs to vouch for `consumer`; providers' contracts check it."""
+    return f"sterling:credential:{consumer.lower()}".encode()
+
+
+def issue_credential(issuer: LocalAccount, consumer: str) -> str:
+    """A credential for `consumer`, signed by `issuer`, as the hex a job carries in `credentials`."""
+    return "0x" + sign(issuer, credential_message(to_checksum_address(consumer))).hex()

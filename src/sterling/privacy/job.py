@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sterling.errors import UsageError
 from sterling.privacy.graph import ModelGraph
@@ -76,6 +76,20 @@ class Job(_Strict):
     evaluation: Evaluation = Evaluation()
     release: Release = Release()
     payment_cap_wei: int = Field(ge=0)
+    #: EIP-191 signatures by third parties (e.g. a hospital) over ``sterling:credential:<consumer address>``,
+    #: which providers' contracts may ask for.
+    credentials: tuple[str, ...] = Field(default=(), max_length=16)
+    #: The consumer's own contract (sandboxed Python) with hooks the enclave calls, e.g. ``keep(values)``.
+    contract: str | None = Field(default=None, max_length=64 * 1024)
+
+    @field_validator("credentials")
+    @classmethod
+    def _signatures(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for sig in value:
+            raw = sig.removeprefix("0x")
+            if len(raw) != 130 or any(c not in "0123456789abcdefABCDEF" for c in raw):
+                raise ValueError("a credential is a 65-byte signature in hex")
+        return value
 
     @model_validator(mode="after")
     def _distinct_listings(self) -> Job:
@@ -91,6 +105,13 @@ class Job(_Strict):
 
     def job_hash(self) -> bytes:
         return hashlib.sha256(self.canonical()).digest()
+
+    def public_view(self) -> dict[str, Any]:
+        """What a provider's contract may read of the job: everything but the consumer's own contract."""
+        doc = self.model_dump(mode="json")
+        doc.pop("contract", None)
+        doc["model_family"] = self.model.family
+        return doc
 
     @classmethod
     def parse(cls, doc: Any, *, source: str = "job") -> Job:

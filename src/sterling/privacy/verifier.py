@@ -140,6 +140,17 @@ def verify(job: Job, listings: dict[int, ListingView]) -> Report:
                 field="evaluation.metrics_epsilon",
             )
         )
+    if "auc" in ev.metrics and ev.validation_uri is None and ev.holdout_fraction > 0:
+        add(
+            Violation(
+                "release",
+                "AUC on private held-out rows has no bounded sensitivity, so no DP mechanism can "
+                "release it: measure it on your own validation set (evaluation.validation_uri)",
+                asked="auc",
+                allowed="accuracy, loss",
+                field="evaluation.metrics",
+            )
+        )
     if rel.appraisal_values and rel.appraisal_epsilon == 0:
         add(
             Violation(

@@ -208,7 +208,7 @@ def publish(
 ) -> Published:
     """Seal the data key to `enclave` and publish the listing in one transaction."""
     chain_terms, budget, delta = terms.to_chain()
-    binding = seal.Binding("data-key", market.chain.chain_id, market.address, sealed.ciphertext.sha256)
+    binding = seal.data_key_binding(market.chain.chain_id, market.address, sealed.ciphertext.sha256)
     sealed_key = seal.seal(sealed.data_key, enclave.hpke_public_key, binding)
     contract_hash = sealed.contract.sha256 if sealed.contract else None
     listing_id = market.publish(

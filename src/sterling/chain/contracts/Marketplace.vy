@@ -179,6 +179,14 @@ event JobLeaseExtended:
     enclave: indexed(address)
     lease_deadline: uint256
 
+event JobProgress:
+    job_id: indexed(uint256)
+    enclave: indexed(address)
+    step: uint256
+    steps: uint256
+    micro_epsilon: uint256
+    lease_deadline: uint256
+
 event JobExpired:
     job_id: indexed(uint256)
     enclave: indexed(address)
@@ -827,6 +835,28 @@ def extend_lease(job_id: uint256) -> uint256:
     deadline: uint256 = block.timestamp + self.lease_seconds
     self._jobs[job_id].lease_deadline = deadline
     log JobLeaseExtended(job_id=job_id, enclave=msg.sender, lease_deadline=deadline)
+    return deadline
+
+
+@external
+def report_progress(job_id: uint256, step: uint256, steps: uint256, micro_epsilon: uint256) -> uint256:
+    """
+    @notice The holding enclave's heartbeat: it reports training progress
+            and renews its lease in one call. Only public numbers go on
+            chain (steps done, steps planned, epsilon spent so far, which
+            follow from the job's public parameters); never a loss or any
+            other value computed from private data.
+    @param step Training steps done so far.
+    @param steps Training steps planned (the budget filter may stop earlier).
+    @param micro_epsilon Epsilon spent so far, in micro-epsilon.
+    @return The new lease deadline.
+    """
+    self._only_holder(job_id)
+    assert not self._lease_over(job_id), "marketplace: lease expired"
+    assert step <= steps, "marketplace: step beyond steps"
+    deadline: uint256 = block.timestamp + self.lease_seconds
+    self._jobs[job_id].lease_deadline = deadline
+    log JobProgress(job_id=job_id, enclave=msg.sender, step=step, steps=steps, micro_epsilon=micro_epsilon, lease_deadline=deadline)
     return deadline
 
 

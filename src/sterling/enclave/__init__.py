@@ -1,0 +1,1 @@
+"""The enclave: the only place where plaintext data exists."""
