@@ -144,6 +144,10 @@ def gas_table(chain: Chain) -> dict[str, int]:
     jid = submit()
     m.claim_job(enclave, jid)
     g.measure("extend_lease", lambda: m.extend_lease(enclave, jid))
+    g.measure(
+        "report_progress",
+        lambda: m.report_progress(enclave, jid, step=100, steps=1000, micro_epsilon=250_000),
+    )
     g.measure("fail_job", lambda: m.fail_job(enclave, jid, reason="verifier: epsilon above cap"))
     g.measure("pay_for_predictions[4]", lambda: m.pay_for_predictions(consumer, 2, count=100, value=10**15))
     g.measure("withdraw", lambda: m.withdraw(provider))

@@ -18,8 +18,8 @@ from sterling.crypto import container, seal
 from sterling.data.dataset import Dataset
 from sterling.data.loaders import load_dataset
 from sterling.errors import IntegrityError
-from sterling.sdk.provider import read_manifest
 from sterling.storage.blobs import BlobStore
+from sterling.storage.manifest import read_manifest
 
 pytestmark = pytest.mark.anvil
 STERLING = [sys.executable, "-m", "sterling.cli"]

@@ -28,6 +28,16 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         ["bench"],
         ["demo"],
         ["version"],
+        ["enclave"],
+        ["enclave", "attest"],
+        ["enclave", "register"],
+        ["enclave", "run"],
+        ["enclave", "status"],
+        ["job", "submit"],
+        ["job", "watch"],
+        ["job", "result"],
+        ["job", "status"],
+        ["job", "cancel"],
     ],
 )
 def test_every_command_has_help(cmd):
@@ -91,3 +101,30 @@ def test_embedded_demo_settles_a_job_and_refuses_an_overspend():
     assert paid["St Mary's Hospital"] == 0  # the consumer holds the hospital's credential
     assert all(v > 0 for k, v in paid.items() if k != "St Mary's Hospital")
     assert sum(paid.values()) == report["jobs"][0]["paid_wei"]
+
+
+def test_enclave_attest_says_it_is_a_simulation(tmp_path):
+    result = run("enclave", "attest", "--state", str(tmp_path), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["simulated"] is True
+    assert doc["backend"] == "simulation"
+    assert "SIMULATION" in doc["mode"]
+    assert "SIMULATION" in doc["evidence"]["warning"]
+    assert len(bytes.fromhex(doc["measurement"][2:])) == 32
+    assert len(bytes.fromhex(doc["hpke_public_key"][2:])) == 32
+    again = json.loads(run("enclave", "attest", "--state", str(tmp_path), "--format", "json").stdout)
+    assert (again["signing_address"], again["hpke_public_key"]) == (
+        doc["signing_address"],
+        doc["hpke_public_key"],
+    )
+    # Keys exist only sealed: nothing in the state folder holds them in the clear.
+    for path in tmp_path.rglob("*.sealed"):
+        assert doc["hpke_public_key"][2:] not in path.read_bytes().hex()
+
+
+def test_enclave_attest_refuses_an_unavailable_backend(tmp_path):
+    result = run("enclave", "attest", "--state", str(tmp_path), "--backend", "sgx-gramine")
+    assert result.returncode != 0
+    assert result.stderr.startswith("error:")
+    assert "Gramine" in result.stderr

@@ -145,7 +145,7 @@ def publish(
 
 
 def _manifest_or_none(uri: str) -> dict[str, Any] | None:
-    from sterling.sdk.provider import read_manifest
+    from sterling.storage.manifest import read_manifest
 
     try:
         return read_manifest(uri)

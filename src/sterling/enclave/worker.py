@@ -336,7 +336,7 @@ class Worker:
         return body
 
     def _manifest(self, listing: Listing) -> dict[str, Any]:
-        from sterling.sdk.provider import read_manifest
+        from sterling.storage.manifest import read_manifest
 
         try:
             manifest = read_manifest(listing.data_uri)

@@ -19,8 +19,8 @@ from sterling.errors import NotFound, SterlingError, UsageError
 from sterling.privacy.bundle import ModelBundle
 from sterling.privacy.job import Job
 from sterling.privacy.verifier import ListingView, Report, verify
-from sterling.sdk.provider import read_manifest
 from sterling.storage.blobs import BlobStore, fetch_verified
+from sterling.storage.manifest import read_manifest
 
 ZERO = "0x0000000000000000000000000000000000000000"
 

@@ -30,11 +30,11 @@ from sterling.chain.units import to_delta, to_micro
 from sterling.crypto import container, seal
 from sterling.crypto.keys import DEFAULT_SCRYPT_N, load_secret, save_secret
 from sterling.data.dataset import Dataset
-from sterling.errors import IntegrityError, NotFound, UsageError
+from sterling.errors import NotFound, UsageError
 from sterling.files import atomic_write
-from sterling.storage.blobs import BlobRef, BlobStore, cid_of, fetch_verified
+from sterling.storage.blobs import BlobRef, BlobStore, cid_of
+from sterling.storage.manifest import MANIFEST_FORMAT
 
-MANIFEST_FORMAT = "sterling.listing-manifest/1"
 MAX_CONTRACT_BYTES = 64 * 1024
 
 
@@ -229,21 +229,6 @@ def publish(
         enclave.address,
         contract_hash,
     )
-
-
-def read_manifest(data_uri: str) -> dict[str, Any]:
-    """Fetch a listing's public manifest and check it against the hash its URI names."""
-    tail = data_uri.rstrip("/").rsplit("/", 1)[-1]
-    try:
-        digest = bytes.fromhex(tail)
-    except ValueError:
-        raise IntegrityError(f"manifest URI does not end in its sha256: {data_uri}") from None
-    if len(digest) != 32:
-        raise IntegrityError(f"manifest URI does not end in its sha256: {data_uri}")
-    doc = json.loads(fetch_verified(data_uri, digest))
-    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
-        raise IntegrityError(f"{data_uri} is not a Sterling listing manifest")
-    return doc
 
 
 @dataclass(frozen=True)
