@@ -210,3 +210,55 @@ def test_batched_per_example_gradients_match_vmap(layers, shape):
     assert loss_a == pytest.approx(loss_b)
     for a, b in zip(batched, reference, strict=True):
         assert torch.allclose(a.reshape(b.shape), b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("shape", "k"), [((4, 3, 28, 28), 2), ((2, 3, 7, 9), 2), ((2, 2, 9, 9), 3)])
+def test_fast_average_pool_matches_pytorch(shape, k):
+    from sterling.privacy.persample import _AvgPool
+
+    a = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(_AvgPool.apply(a, k), torch.nn.functional.avg_pool2d(a, k))
+    assert torch.autograd.gradcheck(lambda t: _AvgPool.apply(t, k), (a,))
+
+
+@pytest.mark.parametrize("n", [100, 2048, 2100])
+def test_blocked_products_match_plain_ones(n):
+    from sterling.privacy.dpsgd import _blocked, _weighted_rows
+
+    a, s, w = torch.randn(n, 50), torch.randn(n, 5), torch.randn(5, 50)
+    assert torch.allclose(_blocked(a, lambda t: t @ w.T), a @ w.T, atol=1e-4)
+    assert torch.allclose(_weighted_rows(s, a), s.T @ a, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("family", "x", "classes"),
+    [
+        ("logistic_regression", torch.randn(1100, 4), 2),  # tall enough for the blocked products
+        ("cnn", torch.randn(64, 3, 8, 8), 3),  # gathered through the selection matrix
+    ],
+)
+def test_oblivious_and_ordinary_steps_agree_for_every_path(family, x, classes):
+    y = torch.randint(0, classes, (len(x),))
+    kw = {"family": family, "shape": tuple(x.shape[1:]), "classes": classes, "seed": 7, "sample_rate": 0.3}
+    plain, obl = trainer(**kw), trainer(**kw, oblivious=True)
+    obl.model.load_state_dict(plain.model.state_dict())
+    for _ in range(2):
+        a, b = plain.step(x, y), obl.step(x, y)
+        assert a.batch_size == b.batch_size
+        assert a.loss == pytest.approx(b.loss, rel=1e-4)
+    for p, q in zip(plain.model.parameters(), obl.model.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5)
+
+
+def test_per_dataset_values_follow_in_place_changes():
+    tr = trainer(shape=(4,))
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    first = tr._dataset(x, y)["sq"].clone()
+    assert tr._dataset(x, y)["sq"] is tr._dataset(x, y)["sq"]  # computed once
+    x.mul_(2)
+    assert torch.allclose(tr._dataset(x, y)["sq"], 4 * first)
+    obl = trainer(family="cnn", shape=(3, 8, 8), classes=3, oblivious=True)
+    xi, yi = torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,))
+    assert torch.equal(obl._dataset(xi, yi)["xy"][:, -1], yi.float())
+    yi.fill_(2)
+    assert torch.equal(obl._dataset(xi, yi)["xy"][:, -1], torch.full((8,), 2.0))
