@@ -66,3 +66,63 @@ def test_shares_always_sum_to_the_payment(live, weights, payment):
                 assert g == 0
     finally:
         live.chain.revert(snap)
+
+
+def _attribute(live, jid, weights, *, payer, count=5, batch=b"\x01" * 32, enclave=None):
+    from sterling.chain import digests
+
+    enclave = enclave or live.a.enclave
+    digest = live.m.predictions_digest(
+        jid, payer=payer.address, count=count, batch_hash=batch, weights=weights
+    )
+    return digests.sign_digest(enclave, digest)
+
+
+def test_attributed_predictions_split_by_the_enclaves_weights_once_per_batch(live):
+    jid, (p1, p2) = completed(live, [1, 1])
+    payer = live.a.consumer2
+    sig = _attribute(live, jid, [3, 1], payer=payer)
+    live.m.pay_for_attributed_predictions(
+        payer, jid, count=5, batch_hash=b"\x01" * 32, weights=[3, 1],
+        enclave=live.a.enclave.address, signature=sig, value=4000,
+    )  # fmt: skip
+    assert live.m.balance_of(p1.address) == 3000
+    assert live.m.balance_of(p2.address) == 1000
+    assert live.m.batch_paid(b"\x01" * 32)
+    with pytest.raises(ContractRevert, match="batch already paid"):
+        live.m.pay_for_attributed_predictions(
+            payer, jid, count=5, batch_hash=b"\x01" * 32, weights=[3, 1],
+            enclave=live.a.enclave.address, signature=sig, value=4000,
+        )  # fmt: skip
+    assert live.m.liabilities() == live.m.ether_balance()
+
+
+def test_attributed_predictions_refuse_forged_or_moved_weights(live):
+    jid, _ = completed(live, [1, 1])
+    payer = live.a.consumer2
+    batch = b"\x02" * 32
+    sig = _attribute(live, jid, [3, 1], payer=payer, batch=batch)
+    call = {"count": 5, "batch_hash": batch, "enclave": live.a.enclave.address, "value": 100}
+    with pytest.raises(ContractRevert, match="attribution not signed by the enclave"):
+        live.m.pay_for_attributed_predictions(payer, jid, weights=[1, 3], signature=sig, **call)
+    with pytest.raises(ContractRevert, match="attribution not signed by the enclave"):
+        live.m.pay_for_attributed_predictions(live.a.consumer, jid, weights=[3, 1], signature=sig, **call)
+    forged = _attribute(live, jid, [3, 1], payer=payer, batch=batch, enclave=live.a.outsider)
+    with pytest.raises(ContractRevert, match="signer is not a registered enclave"):
+        live.m.pay_for_attributed_predictions(
+            payer, jid, weights=[3, 1], signature=forged, **{**call, "enclave": live.a.outsider.address}
+        )
+    bad = _attribute(live, jid, [3], payer=payer, batch=batch)
+    with pytest.raises(ContractRevert, match="one weight per listing"):
+        live.m.pay_for_attributed_predictions(payer, jid, weights=[3], signature=bad, **call)
+    assert not live.m.batch_paid(batch)
+
+
+def test_predictions_digest_matches_the_contract(live):
+    jid, _ = completed(live, [1, 2])
+    args = {"payer": live.a.consumer.address, "count": 9, "batch_hash": b"\x07" * 32, "weights": [5, 6]}
+    ours = live.m.predictions_digest(jid, **args)
+    theirs = live.m.contract.functions.predictions_digest(
+        jid, args["payer"], args["count"], args["batch_hash"], args["weights"]
+    ).call()
+    assert ours == bytes(theirs)

@@ -16,9 +16,11 @@ from sterling.chain.types import JobState
 from sterling.chain.units import to_delta
 from sterling.crypto import seal
 from sterling.enclave.keymanager import KeyManager
+from sterling.enclave.serving import Server
 from sterling.enclave.tee import SimulatedTee
-from sterling.errors import EnclaveError, IntegrityError
-from sterling.sdk.consumer import JobRejected, fetch_result, progress, submit_job
+from sterling.errors import ContractRevert, EnclaveError, IntegrityError, UsageError
+from sterling.sdk.consumer import JobRejected, fetch_result, progress, submit_job, upload_validation_set
+from sterling.sdk.provider import ListingTerms, choose_enclave, publish, seal_dataset
 
 
 @pytest.fixture
@@ -174,7 +176,9 @@ def test_a_provider_contract_refusal_fails_the_job_with_its_reason(world, tmp_pa
         "    return True\n"
     )
     a = world.list_data(tabular(200, 1), contract=contract)
-    ads = _submit(world, world.job([a], purpose="advertising targeting")).job_id
+    with pytest.raises(UsageError, match="listing 1: its contract refused: no advertising"):
+        _submit(world, world.job([a], purpose="advertising targeting"))  # the client runs it first
+    ads = _hand_made(world, world.job([a], purpose="advertising targeting"))
     research = _submit(world, world.job([a], purpose="retinopathy research")).job_id
     handled = {h.job_id: h for h in world.worker.poll()}
     assert handled[ads].state == "failed"
@@ -199,7 +203,9 @@ def test_a_provider_contract_refusal_fails_the_job_with_its_reason(world, tmp_pa
 def test_a_malicious_provider_contract_fails_the_job_and_the_worker_goes_on(world, body, kind):
     bad = world.list_data(tabular(200, 1), provider=0, contract=body)
     good = world.list_data(tabular(200, 2), provider=1)
-    bad_job = _submit(world, world.job([bad])).job_id
+    with pytest.raises(UsageError, match=f"contract {kind}"):
+        _submit(world, world.job([bad]))  # the client's sandbox stops it first
+    bad_job = _hand_made(world, world.job([bad]))
     good_job = _submit(world, world.job([good])).job_id
     handled = {h.job_id: h for h in world.worker.poll()}
     assert handled[bad_job].state == "failed"
@@ -235,3 +241,92 @@ def test_the_key_manager_is_shared_by_workers_of_one_enclave_and_sealed_to_it(wo
     other_code = SimulatedTee(world.state, measurement=os.urandom(32))
     with pytest.raises(EnclaveError):
         KeyManager(other_code, world.state / "enclave")
+
+
+DROP_HARMFUL = "def keep(values):\n    return [int(k) for k, v in values.items() if v >= 0]\n"
+
+
+def test_appraisal_flags_and_drops_a_noise_seller_who_is_then_paid_only_the_appraisal_fee(world):
+    honest = [world.list_data(tabular(500, seed), provider=i) for i, seed in enumerate((1, 2, 3))]
+    noise = tabular(500, 4, noise=True)
+    fee = 10**14
+    sealed = seal_dataset(noise, world.store, name="noise", appraisal_fee_wei=fee)
+    seller = publish(
+        world.market, world.providers[3], sealed, ListingTerms(10**15, 10**15, 5.0, 2.0, 1e-5),
+        enclave=choose_enclave(world.market),
+    ).listing_id  # fmt: skip
+    ids = [*honest, seller]
+    job = world.job(
+        ids,
+        listings=[{"listing_id": lid, "epsilon": 2.0} for lid in ids],
+        training={"target_epsilon": 0.6},
+        evaluation={
+            "holdout_fraction": 0.0,
+            "validation_uri": upload_validation_set(world.store, tabular(400, 50)),
+            "metrics": ["accuracy", "auc"],
+            "metrics_epsilon": 0.0,
+        },
+        release={"appraisal_values": True, "appraisal_epsilon": 0.5, "retrain_without_dropped": True},
+        contract=DROP_HARMFUL,
+        bonus_pool_wei=3 * 10**15,
+    )
+    submitted = _submit(world, job)
+    assert (
+        submitted.escrow_wei
+        == sum(world.market.quote(world.consumer.address, lid, 2 * 10**6) for lid in ids) + 3 * 10**15
+    )
+    (handled,) = world.worker.poll()
+    assert handled.state == "completed", handled.reason
+    chain_job = world.market.job(submitted.job_id)
+    bundle = fetch_result(world.market, submitted.job_id, world.consumer_key)
+    appraisal = bundle.info["appraisal"]
+    assert appraisal["flagged"] == [seller]
+    assert appraisal["kept"] == honest
+    assert appraisal["values"][str(seller)] < 0 < min(appraisal["values"][str(h)] for h in honest)
+    assert bundle.info["metrics"]["accuracy"] > 0.85
+    assert bundle.info["metrics"]["auc"] > 0.9
+    by_listing = {a.listing_id: a for a in chain_job.allocations}
+    assert by_listing[seller].payout == fee  # dropped: only the appraisal fee
+    bonus = sum(by_listing[h].payout - by_listing[h].price for h in honest)
+    assert 0 < bonus <= 3 * 10**15
+    for h in honest:
+        assert by_listing[h].payout > by_listing[h].price
+        # Kept data trained twice (before and after dropping): it is charged more than the dropped data.
+        assert by_listing[h].spent > by_listing[seller].spent > 0
+    assert sum(a.payout for a in chain_job.allocations) <= chain_job.escrow
+    assert world.market.ether_balance() == world.market.liabilities()
+
+
+def test_served_predictions_are_attributed_and_their_fee_split_on_chain(world):
+    ids = [world.list_data(tabular(400, s), provider=i) for i, s in enumerate((1, 2))]
+    job = world.job(
+        ids,
+        evaluation={
+            "holdout_fraction": 0.0,
+            "validation_uri": upload_validation_set(world.store, tabular(300, 60)),
+            "metrics": ["accuracy"],
+            "metrics_epsilon": 0.0,
+        },
+        release={"attribution_epsilon": 0.2},
+    )
+    job_id = _submit(world, job).job_id
+    (handled,) = world.worker.poll()
+    assert handled.state == "completed", handled.reason
+    payer = world.chain.dev_accounts[9]
+    before = [world.market.balance_of(world.providers[i].address) for i in range(2)]
+    server = Server(world.market, world.worker.tee, world.state / "enclave", world.worker.account)
+    test = tabular(50, 70)
+    served = server.predict(job_id, test.features, payer=payer.address)
+    assert served.attribution is not None
+    assert served.attribution.shape == (50, 2)
+    assert abs(served.attribution.sum(axis=1) - 1).max() < 1e-9
+    accuracy = (served.probabilities.argmax(1) == test.labels).mean()
+    assert accuracy > 0.8
+    server.pay(served, payer, fee_wei=10**6)
+    gained = [world.market.balance_of(world.providers[i].address) - before[i] for i in range(2)]
+    assert sum(gained) == 10**6
+    total = sum(served.weights)
+    for g, w in zip(gained, served.weights, strict=True):
+        assert g >= 10**6 * w // total
+    with pytest.raises(ContractRevert, match="batch already paid"):
+        server.pay(served, payer, fee_wei=10**6)

@@ -92,3 +92,34 @@ def sign_digest(account: LocalAccount, digest: bytes) -> bytes:
 
 def recover_signer(digest: bytes, signature: bytes) -> str:
     return str(Account.recover_message(encode_defunct(primitive=digest), signature=signature))
+
+
+PREDICTION_TAG = keccak(text="sterling.predictions.v1")
+
+
+def predictions_digest(
+    *,
+    chain_id: int,
+    marketplace: str,
+    job_id: int,
+    payer: str,
+    count: int,
+    batch_hash: bytes,
+    weights: Sequence[int],
+) -> bytes:
+    """What an enclave signs to attribute a batch of predictions (as `Marketplace.predictions_digest`)."""
+    return keccak(
+        encode(
+            ["bytes32", "uint256", "address", "uint256", "address", "uint256", "bytes32", "uint256[]"],
+            [
+                PREDICTION_TAG,
+                chain_id,
+                to_checksum_address(marketplace),
+                job_id,
+                to_checksum_address(payer),
+                count,
+                batch_hash,
+                list(weights),
+            ],
+        )
+    )

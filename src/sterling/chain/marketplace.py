@@ -426,7 +426,49 @@ class Marketplace(ContractClient):
     # ------------------------------------------------------------- payments
 
     def pay_for_predictions(self, payer: LocalAccount, job_id: int, *, count: int, value: int) -> None:
+        """Pay for `count` predictions, split by the weights recorded at settlement."""
         self._send(payer, "pay_for_predictions", job_id, count, value=value)
+
+    def predictions_digest(
+        self, job_id: int, *, payer: str, count: int, batch_hash: bytes, weights: Sequence[int]
+    ) -> bytes:
+        return digests.predictions_digest(
+            chain_id=self.chain.chain_id,
+            marketplace=self.address,
+            job_id=job_id,
+            payer=payer,
+            count=count,
+            batch_hash=batch_hash,
+            weights=weights,
+        )
+
+    def pay_for_attributed_predictions(
+        self,
+        payer: LocalAccount,
+        job_id: int,
+        *,
+        count: int,
+        batch_hash: bytes,
+        weights: Sequence[int],
+        enclave: str,
+        signature: bytes,
+        value: int,
+    ) -> TxReceipt:
+        """Pay for a batch the enclave served, split by the weights it attributed and signed."""
+        return self._send(
+            payer,
+            "pay_for_attributed_predictions",
+            job_id,
+            count,
+            batch_hash,
+            list(weights),
+            to_checksum_address(enclave),
+            signature,
+            value=value,
+        )
+
+    def batch_paid(self, batch_hash: bytes) -> bool:
+        return bool(self._call("used_batches", batch_hash))
 
     def balance_of(self, account: str) -> int:
         """Wei credited to `account` (payouts, refunds, fees) and not yet withdrawn."""

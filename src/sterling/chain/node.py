@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -100,9 +101,18 @@ def embedded() -> Chain:
     from eth_tester import EthereumTester, PyEVMBackend
     from web3 import EthereumTesterProvider
 
+    class LockedProvider(EthereumTesterProvider):
+        """py-evm is not thread-safe; a worker thread and the main thread may share one chain."""
+
+        _lock = threading.RLock()
+
+        def make_request(self, method: Any, params: Any) -> Any:
+            with self._lock:
+                return super().make_request(method, params)
+
     backend = PyEVMBackend()
     tester = EthereumTester(backend)
-    w3 = _web3_for(EthereumTesterProvider(tester))
+    w3 = _web3_for(LockedProvider(tester))
     chain_id = int(w3.eth.chain_id)
     accounts = [Account.from_key(k.to_bytes()) for k in backend.account_keys]
     return Chain(

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from sterling import __version__
-from sterling.cli import bench, chain, data, demo, enclave, job, keys, privacy, provider
+from sterling.cli import bench, chain, data, demo, enclave, job, keys, model, privacy, provider
 from sterling.cli.common import err_console
 from sterling.errors import SterlingError
 
@@ -27,6 +27,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(data.app, name="data")
 app.add_typer(job.app, name="job")
 app.add_typer(enclave.app, name="enclave")
+app.add_typer(model.app, name="model")
 app.add_typer(privacy.app, name="privacy")
 app.add_typer(provider.app, name="provider")
 app.command("listings")(provider.listings)

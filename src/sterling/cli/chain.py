@@ -182,9 +182,14 @@ def compile_contracts(
     ] = False,
 ) -> None:
     """Compile the Vyper sources into the committed artefacts (ABI, bytecode)."""
+    from vyper.exceptions import VyperException
+
     from sterling.chain import artifacts
 
-    fresh = artifacts.compile_all()
+    try:
+        fresh = artifacts.compile_all()
+    except VyperException as exc:  # a contract author's mistake: show Vyper's message, not a traceback
+        raise UsageError(f"the contracts do not compile: {type(exc).__name__}: {exc}") from None
     if check:
         stale = [n for n, a in fresh.items() if a != artifacts.load(n)]
         if stale:

@@ -91,3 +91,17 @@ def decrypt(
         emit_json({"out": str(out), "rows": dataset.schema.rows, "schema": dataset.schema.to_json()})
     else:
         console.print(f"decrypted {dataset.schema.rows} rows to {out}")
+
+
+@app.command("fundus-samples")
+def fundus_samples(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the PNG grid.")] = Path(
+        "fundus-samples.png"
+    ),
+    per_grade: Annotated[int, typer.Option("--per-grade", min=1, max=20, help="Images per grade.")] = 6,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic images.")] = 0,
+) -> None:
+    """Draw a grid of synthetic fundus photographs, one row per grade of diabetic retinopathy (PNG)."""
+    from sterling.demo.fundus import render_samples_command
+
+    console.print(f"wrote {render_samples_command(out, per_grade, seed)}")

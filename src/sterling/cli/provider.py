@@ -72,6 +72,12 @@ def publish(
             "--allow-family", help="Allow only this model family (repeat): logistic_regression, mlp, cnn."
         ),
     ] = None,
+    appraisal_fee: Annotated[
+        int,
+        typer.Option(
+            "--appraisal-fee", min=0, help="Wei paid if a consumer drops your data after appraisal."
+        ),
+    ] = 0,
     name: Annotated[str, typer.Option("--name", help="A short public name for the listing.")] = "",
     description: Annotated[str, typer.Option("--description", help="A public description.")] = "",
     label_column: Annotated[
@@ -132,6 +138,7 @@ def publish(
             description=description,
             contract_source=contract_source,
             allowed_families=families,
+            appraisal_fee_wei=appraisal_fee,
         )
     result = publish(market, account, sealed, listing_terms, enclave=target)
     out = {**result.to_json(), "rows": dataset.schema.rows, "modality": dataset.schema.modality}

@@ -199,3 +199,48 @@ def set_constant(source: str, name: str, value: str | int | float) -> str:
             lines[node.lineno - 1] = f"{name} = {value!r}{ending}"
             return "".join(lines)
     raise UsageError(f"the contract has no one-line top-level assignment to {name}")
+
+
+def provider_request(
+    job: Any,
+    *,
+    listing_id: int,
+    epsilon: float,
+    consumer: str,
+    summary: dict[str, Any],
+    chain_id: int,
+    marketplace: str,
+) -> dict[str, Any]:
+    """The request a provider contract's ``check`` sees for one listing of `job` (a privacy Job).
+
+    The enclave and the consumer's client build it the same way, so a client can run a
+    provider's published contract before submitting and see the answer the enclave will get.
+    """
+    return {
+        "listing_id": listing_id,
+        "consumer": consumer,
+        "epsilon": epsilon,
+        "delta": job.training.delta,
+        "model_family": job.model.family,
+        "purpose": job.purpose,
+        "job_name": job.name,
+        "noise_multiplier": summary["noise_multiplier"],
+        "steps": summary["steps"],
+        "credentials": list(job.credentials),
+        "chain_id": chain_id,
+        "marketplace": marketplace,
+    }
+
+
+def judge(sandbox: Sandbox, source: str, request: dict[str, Any], *, host: HostApi) -> str | None:
+    """None when the provider's contract accepts the request and its conditions hold; else why not."""
+    try:
+        decision = check_provider(sandbox, source, request, host=host)
+    except ContractError as exc:
+        return f"its contract failed: {exc}"
+    if not decision.accept:
+        return f"its contract refused: {decision.reason}"
+    problems = condition_violations(
+        decision.conditions, epsilon=float(request["epsilon"]), model_family=str(request["model_family"])
+    )
+    return "its contract: " + "; ".join(problems) if problems else None

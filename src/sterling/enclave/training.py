@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sterling.appraisal import AppraisalResult, Appraiser, RowShare
+from sterling.appraisal import AppraisalData, AppraisalResult, RowShare
 from sterling.data.dataset import Dataset
 from sterling.errors import UsageError
 from sterling.privacy import accountant
@@ -90,7 +90,7 @@ def split(job: Job, datasets: Sequence[Dataset], validation: Dataset | None = No
 def _release_epsilon(job: Job, private_eval: bool) -> float:
     metrics = job.evaluation.metrics_epsilon if (private_eval and job.evaluation.metrics) else 0.0
     appraisal = job.release.appraisal_epsilon if job.release.appraisal_values else 0.0
-    return metrics + appraisal
+    return metrics + appraisal + job.release.attribution_epsilon
 
 
 def metrics_of(
@@ -147,17 +147,66 @@ def private_metrics(
     return out
 
 
+Keep = Callable[[dict[str, float]], list[int]]  # the consumer contract's hook: values → listing ids kept
+
+
 @dataclass
 class Outcome:
     bundle: ModelBundle
     steps: int
     steps_planned: int
     stopped_by_budget: bool
-    epsilon_training: float
-    epsilon_spent: float  # training plus what releasing metrics and values cost
+    epsilon_training: float  # of the final model's run(s), as the worst-charged listing saw it
+    epsilon_per_listing: list[float]  # what each listing's budget is charged, training and releases
     metrics: dict[str, float]
     appraisal: AppraisalResult
+    kept: list[bool]  # per listing: was its data in the final model
     info: dict[str, Any] = field(default_factory=dict)
+    #: What the enclave keeps to attribute served predictions (only with attribution_epsilon > 0).
+    attribution: Any = None
+
+    @property
+    def epsilon_spent(self) -> float:
+        return max(self.epsilon_per_listing)
+
+
+def _engine(job: Job, data: Split, summary: dict[str, Any], seed_offset: int) -> DPSGD:
+    t = job.training
+    return DPSGD(
+        job.model,
+        data.in_shape,
+        clipping_norm=t.clipping_norm,
+        noise_multiplier=float(summary["noise_multiplier"]),
+        sample_rate=float(summary["sample_rate"]),
+        steps=int(summary["steps"]),
+        learning_rate=t.learning_rate,
+        optimizer=t.optimizer,
+        oblivious=t.oblivious,
+        seed=t.seed + seed_offset,
+        device="cpu",
+    )
+
+
+def _appraise(job: Job, data: Split, model: torch.nn.Module, parts: int) -> AppraisalResult:
+    """Influence values released with DP when the job asks for them (and brings a validation set)."""
+    if not (job.release.appraisal_values and not data.eval_is_private):
+        return RowShare().fit(model, _appraisal_data(job, data, parts))
+    from sterling.appraisal.release import PrivateInfluence
+
+    appraiser = PrivateInfluence(clip=job.training.clipping_norm, epsilon=job.release.appraisal_epsilon)
+    return appraiser.fit(model, _appraisal_data(job, data, parts))
+
+
+def _appraisal_data(job: Job, data: Split, parts: int) -> AppraisalData:
+    return AppraisalData(
+        x=data.x_train,
+        y=data.y_train,
+        owner=data.owner,
+        parts=parts,
+        x_val=data.x_eval,
+        y_val=data.y_eval,
+        loss=job.model.loss,
+    )
 
 
 def train(
@@ -165,48 +214,81 @@ def train(
     summary: dict[str, Any],
     datasets: Sequence[Dataset],
     *,
+    listing_ids: Sequence[int],
     validation: Dataset | None = None,
-    appraiser: Appraiser | None = None,
+    keep: Keep | None = None,
     progress: Progress | None = None,
     reserved_epsilon: float | None = None,
 ) -> Outcome:
-    """Run the verified job. `summary` is `verify(...).summary` for this job and these listings."""
+    """Run the verified job. `summary` is `verify(...).summary` for this job and these listings.
+
+    With appraisal and a consumer hook `keep`, providers the hook drops are left out of the final
+    model when the job asks to retrain without them (and are then not paid for their data).
+    """
     t = job.training
     data = split(job, datasets, validation)
     sigma, q, steps = float(summary["noise_multiplier"]), float(summary["sample_rate"]), int(summary["steps"])
+    runs = int(summary.get("training_runs", 1))
     release_eps = _release_epsilon(job, data.eval_is_private)
     reserved = reserved_epsilon if reserved_epsilon is not None else min(a.epsilon for a in job.listings)
-    training_limit = reserved - release_eps
-    if training_limit <= 0:
+    per_run_limit = (reserved - release_eps) / runs
+    if per_run_limit <= 0:
         raise UsageError(f"releasing metrics and values costs ε {release_eps:g}, the whole reservation")
-    engine = DPSGD(
-        job.model,
-        data.in_shape,
-        clipping_norm=t.clipping_norm,
-        noise_multiplier=sigma,
-        sample_rate=q,
-        steps=steps,
-        learning_rate=t.learning_rate,
-        optimizer=t.optimizer,
-        oblivious=t.oblivious,
-        seed=t.seed,
-        device="cpu",
-    )
+    parts = len(datasets)
 
-    def on_step(log: Any) -> None:
-        if progress is not None:
-            progress(log.step, steps)
+    def run(x: torch.Tensor, y: torch.Tensor, offset: int) -> tuple[DPSGD, Any]:
+        engine = _engine(job, data, summary, offset)
 
-    result = engine.fit(
-        data.x_train, data.y_train, epsilon_limit=training_limit, delta=t.delta, on_step=on_step
-    )
-    eps_training = (
-        accountant.pld_epsilon(accountant.DpSgdParams(sigma, q, result.steps, t.delta))
-        if result.steps
-        else 0.0
-    )
+        def on_step(log: Any) -> None:
+            if progress is not None:
+                progress(offset * steps + log.step, runs * steps)
+
+        fitted = engine.fit(x, y, epsilon_limit=per_run_limit, delta=t.delta, on_step=on_step)
+        return engine, fitted
+
+    def pld(n: int) -> float:
+        return accountant.pld_epsilon(accountant.DpSgdParams(sigma, q, n, t.delta)) if n else 0.0
+
+    engine, first = run(data.x_train, data.y_train, 0)
+    appraisal = _appraise(job, data, engine.model, parts)
+    kept = [True] * parts
+    if keep is not None and appraisal.method != "row_share":
+        chosen = set(keep({str(lid): v for lid, v in zip(listing_ids, appraisal.per_provider, strict=True)}))
+        kept = [lid in chosen for lid in listing_ids]
+    eps_first = pld(first.steps)
+    eps_per_listing = [eps_first + release_eps] * parts
+    final, fitted = engine, first
+    if runs == 2 and not all(kept):
+        rows = torch.from_numpy(np.isin(data.owner, [i for i, k in enumerate(kept) if k]))
+        if not bool(rows.any()):
+            raise UsageError("the consumer's contract dropped every provider: nothing left to train on")
+        final, fitted = run(data.x_train[rows], data.y_train[rows], 1)
+        eps_per_listing = [
+            e + (pld(fitted.steps) if k else 0.0) for e, k in zip(eps_per_listing, kept, strict=True)
+        ]
+    elif not all(kept):
+        kept = [True] * parts  # no retraining: the final model used every provider's data
+    attribution = None
+    if job.release.attribution_epsilon > 0:
+        from sterling.appraisal import attribution as attr
+
+        used = np.isin(data.owner, [i for i, k in enumerate(kept) if k])
+        rows = torch.from_numpy(used)
+        attribution = attr.build(
+            final.model,
+            x=data.x_train[rows],
+            y=data.y_train[rows],
+            owner=data.owner[used],
+            parts=parts,
+            loss=job.model.loss,
+            clip=t.clipping_norm,
+            epsilon=job.release.attribution_epsilon,
+            delta=t.delta,
+            x_val=None if data.eval_is_private else data.x_eval,
+            y_val=None if data.eval_is_private else data.y_eval,
+        )
     exact = metrics_of(
-        engine.model, data.x_eval, data.y_eval, loss=job.model.loss, wanted=job.evaluation.metrics
+        final.model, data.x_eval, data.y_eval, loss=job.model.loss, wanted=job.evaluation.metrics
     )
     if data.eval_is_private:
         if job.evaluation.metrics_epsilon > 0 and len(data.y_eval) > 0:
@@ -218,35 +300,45 @@ def train(
             metrics = {}
     else:
         metrics = exact
-    appraisal = (appraiser or RowShare()).fit(
-        model=engine.model, x=data.x_train, y=data.y_train, owner=data.owner, parts=len(datasets)
-    )
-    spent = eps_training + release_eps
+    released_values = appraisal.method != "row_share"
     info = {
         "job_hash": "0x" + job.job_hash().hex(),
-        "steps": result.steps,
+        "steps": fitted.steps,
         "steps_planned": steps,
-        "stopped_by_budget": result.stopped_by_budget,
+        "training_runs": 1 if final is engine else 2,
+        "stopped_by_budget": fitted.stopped_by_budget,
         "noise_multiplier": sigma,
         "sample_rate": q,
         "delta": t.delta,
-        "epsilon_training": eps_training,
-        "epsilon_spent": spent,
+        "epsilon_spent": max(eps_per_listing),
+        "epsilon_per_listing": {str(lid): e for lid, e in zip(listing_ids, eps_per_listing, strict=True)},
         "metrics": metrics,
         "metrics_private": data.eval_is_private,
         "train_rows": len(data.y_train),
+        "appraisal": {
+            "method": appraisal.method,
+            "values": {str(lid): v for lid, v in zip(listing_ids, appraisal.per_provider, strict=True)}
+            if released_values
+            else None,
+            "flagged": [lid for lid, f in zip(listing_ids, appraisal.flagged(), strict=True) if f]
+            if released_values
+            else [],
+            "kept": [lid for lid, k in zip(listing_ids, kept, strict=True) if k],
+        },
     }
     bundle = ModelBundle.from_module(
-        engine.model, graph=job.model, in_shape=data.in_shape, classes=data.classes, info=info
+        final.model, graph=job.model, in_shape=data.in_shape, classes=data.classes, info=info
     )
     return Outcome(
         bundle=bundle,
-        steps=result.steps,
+        steps=fitted.steps,
         steps_planned=steps,
-        stopped_by_budget=result.stopped_by_budget,
-        epsilon_training=eps_training,
-        epsilon_spent=spent,
+        stopped_by_budget=fitted.stopped_by_budget,
+        epsilon_training=pld(fitted.steps),
+        epsilon_per_listing=eps_per_listing,
         metrics=metrics,
         appraisal=appraisal,
+        kept=kept,
         info=info,
+        attribution=attribution,
     )

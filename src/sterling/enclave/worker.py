@@ -101,9 +101,12 @@ class Worker:
         *,
         options: WorkerOptions = WorkerOptions(),
         log: Callable[[str], None] = _nothing,
+        state_dir: Path | None = None,
     ) -> None:
         from sterling.enclave.sandbox import Sandbox
 
+        #: Where the enclave keeps sealed state (its keys, and models it serves); None keeps no models.
+        self.state_dir = state_dir
         self.market = market
         self.tee = tee
         self.keys = keys
@@ -129,7 +132,7 @@ class Worker:
         """A worker whose keys live (sealed) in `state_dir`; created on first use."""
         keys = KeyManager(tee, state_dir)
         account = worker_account(tee, state_dir, options.name)
-        return cls(market, tee, keys, account, store, options=options, log=log)
+        return cls(market, tee, keys, account, store, options=options, log=log, state_dir=state_dir)
 
     # ------------------------------------------------------------ status
 
@@ -295,7 +298,7 @@ class Worker:
         validation = self._validation(body)
         outcome = self._train(job, body, report.summary, datasets, validation, beat)
         beat.check()
-        return self._settle(job, outcome)
+        return self._settle(job, body, manifests, outcome)
 
     # ---- steps of _run
 
@@ -377,7 +380,7 @@ class Worker:
         manifests: list[dict[str, Any]],
         summary: dict[str, Any],
     ) -> None:
-        from sterling.enclave.contracts import check_provider, condition_violations
+        from sterling.enclave.contracts import judge, provider_request
 
         public = {**body.public_view(), "id": job.id, "consumer": job.consumer}
         for ask, listing, manifest in zip(body.listings, listings, manifests, strict=True):
@@ -390,34 +393,21 @@ class Worker:
                 raise JobRefused(
                     f"listing {listing.id}: its contract is missing or corrupt ({exc})"
                 ) from None
-            request = {
-                "listing_id": listing.id,
-                "consumer": job.consumer,
-                "epsilon": ask.epsilon,
-                "delta": body.training.delta,
-                "model_family": body.model.family,
-                "purpose": body.purpose,
-                "job_name": body.name,
-                "noise_multiplier": summary["noise_multiplier"],
-                "steps": summary["steps"],
-                "credentials": list(body.credentials),
-                "chain_id": self.market.chain.chain_id,
-                "marketplace": self.market.address,
-            }
+            request = provider_request(
+                body,
+                listing_id=listing.id,
+                epsilon=ask.epsilon,
+                consumer=job.consumer,
+                summary=summary,
+                chain_id=self.market.chain.chain_id,
+                marketplace=self.market.address,
+            )
             host = ChainHost(
                 self.market, job=public, listing={**listing.to_json(), "schema": manifest["schema"]}
             )
-            try:
-                decision = check_provider(self.sandbox, source, request, host=host)
-            except ContractError as exc:
-                raise JobRefused(f"listing {listing.id}'s contract failed: {exc}") from None
-            if not decision.accept:
-                raise JobRefused(f"listing {listing.id}'s contract refused: {decision.reason}")
-            problems = condition_violations(
-                decision.conditions, epsilon=ask.epsilon, model_family=body.model.family
-            )
-            if problems:
-                raise JobRefused(f"listing {listing.id}'s contract: " + "; ".join(problems))
+            problem = judge(self.sandbox, source, request, host=host)
+            if problem is not None:
+                raise JobRefused(f"listing {listing.id}'s {problem}")
         self.log(f"job {job.id}: every provider contract accepts")
 
     def _decrypt(self, job_id: int, listing: Listing, manifest: dict[str, Any]) -> Dataset:
@@ -460,37 +450,87 @@ class Worker:
             float(summary["sample_rate"]),
             body.training.delta,
         )
-        beat.plan(
-            int(summary["steps"]),
-            lambda step: accountant.pld_epsilon(accountant.DpSgdParams(sigma, q, step, delta)),
-        )
+        steps, runs = int(summary["steps"]), int(summary.get("training_runs", 1))
+
+        def pld(n: int) -> float:
+            return accountant.pld_epsilon(accountant.DpSgdParams(sigma, q, n, delta)) if n else 0.0
+
+        # ε so far when `step` of all runs' steps are done (a second run composes with the first).
+        beat.plan(runs * steps, lambda step: pld(min(step, steps)) + pld(max(0, step - steps)))
         try:
             outcome = training.train(
                 body,
                 summary,
                 datasets,
+                listing_ids=[a.listing_id for a in job.allocations],
                 validation=validation,
+                keep=self._keep_hook(job, body),
                 progress=lambda step, _steps: beat.update(step),
                 reserved_epsilon=min(a.reserved for a in job.allocations) / MICRO,
             )
         except SterlingError as exc:
             raise JobRefused(f"training failed: {exc}") from None
-        beat.plan(outcome.steps, lambda _: outcome.epsilon_training)
-        beat.update(outcome.steps)
+        done = int(outcome.info["training_runs"]) * steps
+        beat.plan(done, lambda _: outcome.epsilon_spent)
+        beat.update(done)
         beat.beat()
         return outcome
 
-    def _settle(self, job: Job, outcome: Any) -> dict[str, Any]:
+    def _keep_hook(self, job: Job, body: JobBody) -> Any:
+        """The consumer contract's `keep(values)`, or None. Its failure keeps every provider.
+
+        Training has already touched the data when it runs, so a failing hook must not fail the
+        job (which would charge no ε): the job goes on with everyone and the consumer is told.
+        """
+        from sterling.enclave.contracts import run_hook
+
+        source = body.contract
+        if source is None or not self.sandbox.defines(source, "keep"):
+            return None
+        public = {**body.public_view(), "id": job.id, "consumer": job.consumer}
+
+        def keep(values: dict[str, float]) -> list[int]:
+            try:
+                chosen = run_hook(
+                    self.sandbox, source, "keep", values, host=ChainHost(self.market, job=public, listing={})
+                )
+            except ContractError as exc:
+                self.log(
+                    f"job {job.id}: the consumer contract's keep() failed ({exc.kind}); "
+                    "keeping every provider"
+                )
+                return [int(k) for k in values]
+            return [int(k) for k in values] if chosen is None else list(chosen)
+
+        return keep
+
+    def _settle(
+        self, job: Job, body: JobBody, manifests: list[dict[str, Any]], outcome: Any
+    ) -> dict[str, Any]:
         model_key = AESGCM.generate_key(bit_length=256)
         ref = self.store.put_bytes(container.encrypt_bytes(outcome.bundle.to_bytes(), model_key))
         binding = seal.model_key_binding(
             self.market.chain.chain_id, self.market.address, job_id=job.id, result_hash=ref.sha256
         )
         sealed_key = seal.seal(model_key, job.consumer_key, binding)
-        spent_micro = math.ceil(outcome.epsilon_spent * MICRO)
-        spent = [min(a.reserved, spent_micro) for a in job.allocations]
-        payouts = [a.price for a in job.allocations]
+        spent = [
+            min(a.reserved, math.ceil(eps * MICRO))
+            for a, eps in zip(job.allocations, outcome.epsilon_per_listing, strict=True)
+        ]
+        fees = [int((m.get("terms") or {}).get("appraisal_fee_wei") or 0) for m in manifests]
+        payouts = payout_plan(
+            prices=[a.price for a in job.allocations],
+            kept=outcome.kept,
+            appraisal_fees=fees,
+            values=list(outcome.appraisal.per_provider),
+            bonus_pool=min(body.bonus_pool_wei, max(0, job.escrow - sum(a.price for a in job.allocations))),
+        )
         weights = outcome.appraisal.weights()
+        if self.state_dir is not None:
+            from sterling.enclave import serving
+
+            path = serving.serving_path(self.state_dir, self.market, job.id)
+            serving.save(self.tee, path, outcome.bundle, outcome.attribution)
         try:
             self.market.complete_job(
                 self.account,
@@ -511,4 +551,23 @@ class Worker:
             "payouts_wei": payouts,
             "weights": weights,
             "appraisal": outcome.appraisal.method,
+            "kept": outcome.kept,
         }
+
+
+def payout_plan(
+    *, prices: list[int], kept: list[bool], appraisal_fees: list[int], values: list[float], bonus_pool: int
+) -> list[int]:
+    """What each listing's provider is paid at settlement.
+
+    A provider whose data the final model used is paid its price; one the consumer's contract
+    dropped (and whose data was then left out) gets at most the appraisal fee its terms set. The
+    bonus pool is split among the used providers in proportion to their positive appraised
+    value (rounding down, so the total never exceeds the pool).
+    """
+    base = [p if k else min(f, p) for p, k, f in zip(prices, kept, appraisal_fees, strict=True)]
+    positive = [max(0.0, v) if k else 0.0 for v, k in zip(values, kept, strict=True)]
+    total = sum(positive)
+    if bonus_pool <= 0 or total <= 0:
+        return base
+    return [b + int(bonus_pool * v / total) for b, v in zip(base, positive, strict=True)]

@@ -62,8 +62,18 @@ class Evaluation(_Strict):
 
 class Release(_Strict):
     model: bool = True
+    #: Appraise each provider's data by influence on the consumer's validation set, releasing the
+    #: values through the Laplace mechanism at `appraisal_epsilon` (charged to every listing).
     appraisal_values: bool = False
     appraisal_epsilon: float = Field(default=0.0, ge=0)
+    #: When the consumer's contract drops providers after appraisal (`keep`), train the final model
+    #: again without their data (so they are not paid for it); this trains twice, and the verifier
+    #: counts both runs.
+    retrain_without_dropped: bool = False
+    #: ε for serving predictions with per-prediction attribution (`sterling model predict`): each
+    #: provider's summed last-layer gradients are kept in the enclave with Gaussian noise at this ε.
+    #: 0 serves with the weights fixed at settlement instead.
+    attribution_epsilon: float = Field(default=0.0, ge=0)
 
 
 class Job(_Strict):
@@ -76,6 +86,8 @@ class Job(_Strict):
     evaluation: Evaluation = Evaluation()
     release: Release = Release()
     payment_cap_wei: int = Field(ge=0)
+    #: Escrowed beyond the listings' prices and split among providers by positive appraised value.
+    bonus_pool_wei: int = Field(default=0, ge=0)
     #: EIP-191 signatures by third parties (e.g. a hospital) over ``sterling:credential:<consumer address>``,
     #: which providers' contracts may ask for.
     credentials: tuple[str, ...] = Field(default=(), max_length=16)
@@ -95,6 +107,8 @@ class Job(_Strict):
     def _distinct_listings(self) -> Job:
         if self.evaluation.validation_uri is not None and self.evaluation.holdout_fraction > 0:
             raise ValueError("evaluate on either a private holdout or your own validation set, not both")
+        if self.release.retrain_without_dropped and not self.release.appraisal_values:
+            raise ValueError("retrain_without_dropped needs appraisal_values: dropping follows appraisal")
         ids = [a.listing_id for a in self.listings]
         if len(set(ids)) != len(ids):
             raise ValueError("each listing may appear once")

@@ -151,6 +151,15 @@ def verify(job: Job, listings: dict[int, ListingView]) -> Report:
                 field="evaluation.metrics",
             )
         )
+    if rel.appraisal_values and ev.validation_uri is None:
+        add(
+            Violation(
+                "release",
+                "appraisal measures each provider's influence on your own validation set: give "
+                "evaluation.validation_uri (a private holdout would make the values unbounded)",
+                field="evaluation.validation_uri",
+            )
+        )
     if rel.appraisal_values and rel.appraisal_epsilon == 0:
         add(
             Violation(
@@ -189,7 +198,9 @@ def verify(job: Job, listings: dict[int, ListingView]) -> Report:
     except UsageError as exc:
         add(Violation("training", str(exc), field="training"))
         return report
-    total = eps.pld + ev.metrics_epsilon + (rel.appraisal_epsilon if rel.appraisal_values else 0.0)
+    runs = 2 if rel.retrain_without_dropped else 1
+    appraisal = rel.appraisal_epsilon if rel.appraisal_values else 0.0
+    total = runs * eps.pld + ev.metrics_epsilon + appraisal + rel.attribution_epsilon
 
     # ---- every listing's terms
     prices = {}
@@ -268,12 +279,13 @@ def verify(job: Job, listings: dict[int, ListingView]) -> Report:
             )
         prices[v.listing_id] = v.price(ask.epsilon)
     price_total = sum(prices.values())
-    if price_total > job.payment_cap_wei:
+    if price_total + job.bonus_pool_wei > job.payment_cap_wei:
+        bonus = f" plus a bonus pool of {job.bonus_pool_wei}" if job.bonus_pool_wei else ""
         add(
             Violation(
                 "price",
-                f"the listings cost {price_total} wei, above the payment cap {job.payment_cap_wei}",
-                asked=price_total,
+                f"the listings cost {price_total} wei{bonus}, above the payment cap {job.payment_cap_wei}",
+                asked=price_total + job.bonus_pool_wei,
                 allowed=job.payment_cap_wei,
                 field="payment_cap_wei",
             )
@@ -286,12 +298,15 @@ def verify(job: Job, listings: dict[int, ListingView]) -> Report:
         "noise_multiplier": sigma,
         "delta": t.delta,
         "epsilon_training": {"pld": eps.pld, "rdp": eps.rdp},
+        "training_runs": runs,
         "epsilon_metrics": ev.metrics_epsilon,
-        "epsilon_appraisal": rel.appraisal_epsilon if rel.appraisal_values else 0.0,
+        "epsilon_appraisal": appraisal,
+        "epsilon_attribution": rel.attribution_epsilon,
         "epsilon_total": total,
         "epsilon_per_listing": {str(a.listing_id): total for a in job.listings if a.listing_id in listings},
         "price_per_listing_wei": {str(k): v for k, v in prices.items()},
         "price_total_wei": price_total,
+        "bonus_pool_wei": job.bonus_pool_wei,
         "payment_cap_wei": job.payment_cap_wei,
     }
     return report

@@ -14,7 +14,7 @@ from sterling.chain.marketplace import Marketplace
 from sterling.chain.types import JobState
 from sterling.chain.units import from_delta, from_micro
 from sterling.crypto import seal
-from sterling.data.dataset import Schema
+from sterling.data.dataset import Dataset, Schema
 from sterling.errors import NotFound, SterlingError, UsageError
 from sterling.privacy.bundle import ModelBundle
 from sterling.privacy.job import Job
@@ -143,7 +143,8 @@ def submit_job(
 ) -> Submitted:
     """Verify `job`, seal its body to the enclave, store it, escrow its price and submit it.
 
-    Nothing is stored or spent unless the verifier accepts the job; the
+    Nothing is stored or spent unless the verifier accepts the job and every provider's
+    published contract (run here, in the same sandbox the enclave uses) accepts it; the
     escrow is exactly what the chain quotes this consumer, and never more than
     the job's payment cap.
     """
@@ -155,13 +156,22 @@ def submit_job(
     report = verify(job, views)
     if not report.ok:
         raise JobRejected(report)
+    refusals = precheck_contracts(market, job, consumer=consumer.address, summary=report.summary)
+    if refusals:
+        raise UsageError(
+            "providers' contracts would refuse this job: "
+            + "; ".join(f"listing {lid}: {why}" for lid, why in refusals.items())
+        )
     target = choose_enclave(market, enclave)
     micro = [round(a.epsilon * 10**6) for a in job.listings]
     ids = [a.listing_id for a in job.listings]
     quotes = [market.quote(consumer.address, lid, m) for lid, m in zip(ids, micro, strict=True)]
-    escrow = sum(quotes)
+    escrow = sum(quotes) + job.bonus_pool_wei
     if escrow > job.payment_cap_wei:
-        raise UsageError(f"the listings now cost {escrow} wei, above the payment cap {job.payment_cap_wei}")
+        raise UsageError(
+            f"the listings now cost {sum(quotes)} wei (plus a bonus pool of {job.bonus_pool_wei}), "
+            f"above the payment cap {job.payment_cap_wei}"
+        )
     public_key = seal.public_bytes(consumer_key)
     binding = seal.job_body_binding(
         market.chain.chain_id, market.address, consumer=consumer.address, consumer_key=public_key
@@ -264,3 +274,51 @@ def fetch_result(market: Marketplace, job_id: int, consumer_key: X25519PrivateKe
     )
     model_key = seal.unseal(job.sealed_model_key, consumer_key, binding)
     return ModelBundle.from_bytes(container.decrypt_bytes(ciphertext, model_key))
+
+
+def upload_validation_set(store: BlobStore, dataset: Dataset) -> str:
+    """Store your own labelled validation set for a job (`evaluation.validation_uri`); returns its URI.
+
+    It is your data, so metrics on it are exact and cost no ε, and appraisal measures each
+    provider's influence on it. It is stored as is: use a store only you and the enclave can read.
+    """
+    return store.put_bytes(dataset.to_bytes()).uri
+
+
+def precheck_contracts(
+    market: Marketplace, job: Job, *, consumer: str, summary: dict[str, Any]
+) -> dict[int, str]:
+    """Run each listing's published provider contract here, as the enclave will; listing → why it refuses.
+
+    Provider contracts are public (their hash is on chain, their source beside the manifest), so a
+    consumer can learn before paying which listings would refuse the job. `summary` is the
+    verifier's summary for `job`. An empty result means every contract accepts.
+    """
+    from sterling.enclave.contracts import judge, provider_request
+    from sterling.enclave.host import ChainHost
+    from sterling.enclave.sandbox import Sandbox
+
+    sandbox = Sandbox()
+    public = {**job.public_view(), "id": 0, "consumer": consumer}
+    refusals = {}
+    for ask in job.listings:
+        listing = market.listing(ask.listing_id)
+        if listing.contract_hash == bytes(32):
+            continue
+        manifest = read_manifest(listing.data_uri)
+        ref = manifest.get("contract") or {}
+        source = fetch_verified(str(ref.get("uri", "")), listing.contract_hash).decode()
+        request = provider_request(
+            job,
+            listing_id=listing.id,
+            epsilon=ask.epsilon,
+            consumer=consumer,
+            summary=summary,
+            chain_id=market.chain.chain_id,
+            marketplace=market.address,
+        )
+        host = ChainHost(market, job=public, listing={**listing.to_json(), "schema": manifest["schema"]})
+        problem = judge(sandbox, source, request, host=host)
+        if problem is not None:
+            refusals[listing.id] = problem
+    return refusals

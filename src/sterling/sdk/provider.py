@@ -136,11 +136,16 @@ def seal_dataset(
     description: str = "",
     contract_source: str | None = None,
     allowed_families: tuple[str, ...] | None = None,
+    appraisal_fee_wei: int = 0,
 ) -> SealedDataset:
     """Encrypt `dataset` under a fresh data key and store ciphertext, contract and manifest.
 
-    `allowed_families` (public terms the verifier enforces) limits the model families jobs may train.
+    `allowed_families` (public terms the verifier enforces) limits the model families jobs may
+    train; `appraisal_fee_wei` is what the provider is paid when a consumer's contract drops its
+    data after appraisal (at most the listing's price).
     """
+    if appraisal_fee_wei < 0:
+        raise UsageError(f"the appraisal fee must be ≥ 0 wei, got {appraisal_fee_wei}")
     from sterling.privacy.graph import FAMILIES
 
     unknown = sorted(set(allowed_families or ()) - set(FAMILIES))
@@ -158,7 +163,10 @@ def seal_dataset(
         "schema": schema,
         "ciphertext": ciphertext.to_json(),
         "contract": contract_ref.to_json() if contract_ref else None,
-        "terms": {"allowed_model_families": list(allowed_families) if allowed_families else None},
+        "terms": {
+            "allowed_model_families": list(allowed_families) if allowed_families else None,
+            "appraisal_fee_wei": appraisal_fee_wei,
+        },
     }
     manifest_ref = store.put_bytes(json.dumps(manifest, sort_keys=True, indent=1).encode())
     return SealedDataset(ciphertext, manifest_ref, contract_ref, schema, key)

@@ -33,6 +33,7 @@ CANCELLED: constant(uint8) = 5
 # Domain tags keep an attestation from ever verifying as a settlement and back.
 ATTESTATION_TAG: constant(bytes32) = keccak256("sterling.attestation.v1")
 SETTLEMENT_TAG: constant(bytes32) = keccak256("sterling.settlement.v1")
+PREDICTION_TAG: constant(bytes32) = keccak256("sterling.predictions.v1")
 # Upper half of secp256k1's order: signatures with s above it are malleable.
 SECP256K1_HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168  # 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 
@@ -244,6 +245,8 @@ listing_count: public(uint256)
 job_count: public(uint256)
 budgets: public(HashMap[bytes32, Budget])
 balances: public(HashMap[address, uint256])
+# Batches of attributed predictions already paid (by the sha256 of their inputs).
+used_batches: public(HashMap[bytes32, bool])
 # Sum of open escrow plus credited balances; equals this contract's ether.
 liabilities: public(uint256)
 
@@ -972,6 +975,40 @@ def allocations(job_id: uint256) -> DynArray[Allocation, MAX_LISTINGS]:
 # --------------------------------------------------------------- payments
 
 
+@internal
+def _split_fee(job_id: uint256, count: uint256, weights: DynArray[uint256, MAX_LISTINGS], amount: uint256):
+    # Split `amount` (the payment) among the job's providers by `weights`; rounding dust goes to the first
+    # provider with a non-zero weight, so the shares sum to the payment.
+    self._known(job_id)
+    assert self._jobs[job_id].state == COMPLETED, "marketplace: job is not completed"
+    assert count > 0, "marketplace: zero predictions"
+    assert amount > 0, "marketplace: zero payment"
+    allocations: DynArray[Allocation, MAX_LISTINGS] = self._allocations[job_id]
+    assert len(weights) == len(allocations), "marketplace: one weight per listing"
+    weight_sum: uint256 = 0
+    first: uint256 = max_value(uint256)
+    for i: uint256 in range(len(weights), bound=MAX_LISTINGS):
+        if weights[i] > 0 and first == max_value(uint256):
+            first = i
+        weight_sum += weights[i]
+    assert weight_sum > 0, "marketplace: job has no prediction weights"
+    shares: DynArray[uint256, MAX_LISTINGS] = []
+    given: uint256 = 0
+    for w: uint256 in weights:
+        share: uint256 = amount * w // weight_sum
+        shares.append(share)
+        given += share
+    shares[first] += amount - given
+    for i: uint256 in range(len(shares), bound=MAX_LISTINGS):
+        if shares[i] > 0:
+            listing_id: uint256 = allocations[i].listing_id
+            provider: address = self._listings[listing_id].provider
+            self._credit(provider, shares[i])
+            log PredictionFee(job_id=job_id, listing_id=listing_id, provider=provider, amount=shares[i])
+    self.liabilities += amount
+    log PredictionsPaid(job_id=job_id, payer=msg.sender, count=count, amount=amount)
+
+
 @external
 @payable
 @nonreentrant
@@ -982,33 +1019,60 @@ def pay_for_predictions(job_id: uint256, count: uint256):
             weights the enclave recorded at completion; rounding dust goes to
             the first provider with a non-zero weight, so shares sum to the payment.
     """
-    self._known(job_id)
-    assert self._jobs[job_id].state == COMPLETED, "marketplace: job is not completed"
-    assert count > 0, "marketplace: zero predictions"
-    assert msg.value > 0, "marketplace: zero payment"
-    allocations: DynArray[Allocation, MAX_LISTINGS] = self._allocations[job_id]
-    weight_sum: uint256 = 0
-    first: uint256 = max_value(uint256)
-    for i: uint256 in range(len(allocations), bound=MAX_LISTINGS):
-        if allocations[i].weight > 0 and first == max_value(uint256):
-            first = i
-        weight_sum += allocations[i].weight
-    assert weight_sum > 0, "marketplace: job has no prediction weights"
-    shares: DynArray[uint256, MAX_LISTINGS] = []
-    given: uint256 = 0
-    for a: Allocation in allocations:
-        share: uint256 = msg.value * a.weight // weight_sum
-        shares.append(share)
-        given += share
-    shares[first] += msg.value - given
-    for i: uint256 in range(len(shares), bound=MAX_LISTINGS):
-        if shares[i] > 0:
-            listing_id: uint256 = allocations[i].listing_id
-            provider: address = self._listings[listing_id].provider
-            self._credit(provider, shares[i])
-            log PredictionFee(job_id=job_id, listing_id=listing_id, provider=provider, amount=shares[i])
-    self.liabilities += msg.value
-    log PredictionsPaid(job_id=job_id, payer=msg.sender, count=count, amount=msg.value)
+    weights: DynArray[uint256, MAX_LISTINGS] = []
+    for a: Allocation in self._allocations[job_id]:
+        weights.append(a.weight)
+    self._split_fee(job_id, count, weights, msg.value)
+
+
+@view
+@external
+def predictions_digest(
+    job_id: uint256, payer: address, count: uint256, batch_hash: bytes32, weights: DynArray[uint256, MAX_LISTINGS]
+) -> bytes32:
+    """
+    @notice The digest an enclave signs to attribute one batch of predictions
+            to the job's providers: the job, who pays, how many, which
+            batch, and the weights.
+    """
+    return self._predictions_digest(job_id, payer, count, batch_hash, weights)
+
+
+@internal
+@view
+def _predictions_digest(
+    job_id: uint256, payer: address, count: uint256, batch_hash: bytes32, weights: DynArray[uint256, MAX_LISTINGS]
+) -> bytes32:
+    return keccak256(abi_encode(PREDICTION_TAG, chain.id, self, job_id, payer, count, batch_hash, weights))
+
+
+@external
+@payable
+@nonreentrant
+def pay_for_attributed_predictions(
+    job_id: uint256,
+    count: uint256,
+    batch_hash: bytes32,
+    weights: DynArray[uint256, MAX_LISTINGS],
+    enclave: address,
+    signature: Bytes[65],
+):
+    """
+    @notice Pay for a batch of predictions that the enclave served and
+            attributed: `msg.value` is split by `weights`, each listing's
+            share of influence on these predictions, signed by a live
+            enclave for this payer and this batch. A batch is paid once.
+    @param batch_hash sha256 of the batch's inputs (binds the weights to them).
+    @param weights Per-listing attribution weights for this batch.
+    @param enclave The enclave that served the batch and signed the weights.
+    @param signature The enclave's signature over `predictions_digest(...)`.
+    """
+    assert not self.used_batches[batch_hash], "marketplace: batch already paid"
+    assert self._is_live_enclave(enclave), "marketplace: signer is not a registered enclave"
+    digest: bytes32 = self._predictions_digest(job_id, msg.sender, count, batch_hash, weights)
+    assert self._recover(digest, signature) == enclave, "marketplace: attribution not signed by the enclave"
+    self.used_batches[batch_hash] = True
+    self._split_fee(job_id, count, weights, msg.value)
 
 
 @external

@@ -1,0 +1,92 @@
+"""The demo's yardsticks: test a received model, and train its non-private twin on the same data.
+
+The twin is trained by the demo harness, which generated (or loaded) the data
+and so holds it in the clear; no participant of the market could. It uses the
+same model graph and epochs as the DP job, with Adam and no clipping or
+noise, to show what privacy costs in accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from sterling.data.dataset import Dataset
+from sterling.privacy.bundle import ModelBundle
+from sterling.privacy.dpsgd import build_module
+from sterling.privacy.features import to_model_input
+from sterling.privacy.graph import input_shape
+from sterling.privacy.job import Job
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    auc: float
+
+
+def scores(probs: np.ndarray, labels: np.ndarray) -> Evaluation:
+    """Accuracy and macro one-vs-rest AUC (over the classes present in `labels`)."""
+    accuracy = float((probs.argmax(axis=1) == labels).mean())
+    present = np.unique(labels)
+    if len(present) < 2:
+        return Evaluation(accuracy, float("nan"))
+    if probs.shape[1] == 2:
+        return Evaluation(accuracy, float(roc_auc_score(labels, probs[:, 1])))
+    p = probs[:, present] / probs[:, present].sum(axis=1, keepdims=True)
+    return Evaluation(accuracy, float(roc_auc_score(labels, p, multi_class="ovr", labels=present)))
+
+
+def evaluate(bundle: ModelBundle, test: Dataset) -> Evaluation:
+    return scores(bundle.predict_proba(test.features), test.labels)
+
+
+def train_twin(
+    job: Job, train: Dataset, test: Dataset, *, seed: int, batch: int = 128, lr: float = 2e-3
+) -> tuple[Evaluation, list[dict[str, float]]]:
+    """Train the job's model without privacy on `train`; its test scores and per-epoch curve."""
+    torch.manual_seed(seed)
+    shape = input_shape(train.schema.shape, train.schema.modality)
+    model = build_module(job.model, shape)
+    x, y = to_model_input(train.features, shape), torch.from_numpy(train.labels)
+    xt = to_model_input(test.features, shape)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    epochs = max(1, round(job.training.epochs or 10))
+    generator = torch.Generator().manual_seed(seed)
+    curve = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for start in range(0, len(x), batch):
+            idx = order[start : start + batch]
+            logits = model(x[idx])
+            if job.model.loss == "logistic":
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    logits.squeeze(-1), y[idx].float()
+                )
+            else:
+                loss = torch.nn.functional.cross_entropy(logits, y[idx])
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            total += loss.item() * len(idx)
+        model.eval()
+        with torch.no_grad():
+            out = model(xt)
+            probs = (
+                torch.softmax(out, dim=-1).numpy()
+                if job.model.loss != "logistic"
+                else torch.stack([1 - torch.sigmoid(out[:, 0]), torch.sigmoid(out[:, 0])], 1).numpy()
+            )
+        curve.append(
+            {
+                "epoch": epoch,
+                "train_loss": total / len(x),
+                "test_accuracy": scores(probs, test.labels).accuracy,
+            }
+        )
+    return scores(probs, test.labels), curve
