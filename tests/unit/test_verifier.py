@@ -104,7 +104,23 @@ def test_mixed_schemas_and_unprotected_releases():
     )
     terms = [v.term for v in report.violations]
     assert "schema" in terms
-    assert terms.count("release") == 2
+    # Metrics without ε, appraisal values without ε, and appraisal without the consumer's own set.
+    assert terms.count("release") == 3
+    fields = {v.field for v in report.violations if v.term == "release"}
+    assert fields == {"evaluation.metrics_epsilon", "release.appraisal_epsilon", "evaluation.validation_uri"}
+
+
+def test_terms_are_checked_even_when_training_cannot_be_accounted():
+    report = verify(
+        job(
+            listings=[{"listing_id": 1, "epsilon": 12.0}],
+            training={"expected_batch_size": 10_000},  # more than the rows: no ε can be computed
+        ),
+        {1: view(1, remaining_epsilon=5.0)},
+    )
+    terms = {v.term for v in report.violations}
+    assert {"training", "budget", "max_epsilon_per_job"} <= terms
+    assert report.summary == {}
 
 
 def test_malformed_jobs_name_every_field():

@@ -382,7 +382,7 @@ class Marketplace(ContractClient):
 
     def fail_job(self, enclave: LocalAccount, job_id: int, *, reason: str) -> None:
         """Fail the job (full refund); the reason is cut to the contract's 256 bytes of UTF-8."""
-        text = reason.encode()[:256].decode(errors="ignore") or "failed"
+        text = reason.encode()[:256].decode(errors="ignore")
         self._send(enclave, "fail_job", job_id, text)
 
     def job_count(self) -> int:

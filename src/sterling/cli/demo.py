@@ -45,6 +45,9 @@ def demo(
     embedded: Annotated[
         bool, typer.Option("--embedded", help="Use the in-process EVM instead of starting anvil.")
     ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also show the enclave worker's log.")
+    ] = False,
     fmt: FormatOpt = Format.text,
 ) -> None:
     """Diagnose diabetic retinopathy from fundus photographs nobody shows anyone.
@@ -71,9 +74,12 @@ def demo(
         anvil=None if embedded else settings.require_anvil(),
     )
     if fmt is Format.json:
-        summary = scenario.Demo(
-            options, scenario.Reporter(say=lambda m: err_console.print(m, highlight=False))
-        ).run()
+
+        def log(message: str) -> None:
+            err_console.print(message, highlight=False)
+
+        reporter = scenario.Reporter(say=log, worker_log=log if verbose else lambda _: None)
+        summary = scenario.Demo(options, reporter).run()
         if out is not None:
             _report(summary, out)
         emit_json(summary)
@@ -101,10 +107,15 @@ def demo(
                 tasks[label] = bars.add_task(label, total=max(p.steps, 1), eps=0.0, state=p.state)
             bars.update(tasks[label], completed=p.step, total=max(p.steps, 1), eps=p.epsilon, state=p.state)
 
-        summary = scenario.Demo(
-            options,
-            scenario.Reporter(say=lambda m: bars.console.print(f"• {m}", highlight=False), progress=progress),
-        ).run()
+        def say(message: str) -> None:
+            bars.console.print(f"• {message}", highlight=False)
+
+        def worker_log(message: str) -> None:
+            if verbose:
+                bars.console.print(f"  [dim]{message}[/]", highlight=False)
+
+        reporter = scenario.Reporter(say=say, progress=progress, worker_log=worker_log)
+        summary = scenario.Demo(options, reporter).run()
     _print(summary)
     if out is not None:
         console.print(f"report: {_report(summary, out)}")

@@ -8,8 +8,8 @@ differ on purpose, to show what Sterling enforces:
 - Dr. Okafor's practice allows only logistic regression (a provider
   contract, run in the enclave's sandbox);
 - the rural screening van has a small ε budget, which a later job overspends;
-- QuickData Ltd sells noise: random images with random grades, which
-  appraisal should flag.
+- QuickData Ltd sells noise: copied photographs graded backwards (no DR sold
+  as proliferative), which look right and which appraisal should flag.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ BASE = (
     ProviderSpec("St Mary's Hospital", "credential", 20_000_000, 5_000_000, 30.0, 8.0, 1.4),
     ProviderSpec("Lakeside Eye Clinic", "honest", 10_000_000, 8_000_000, 20.0, 8.0, 1.0),
     ProviderSpec("Dr. Okafor's practice", "logreg_only", 5_000_000, 3_000_000, 20.0, 8.0, 0.8),
-    ProviderSpec("Rural screening van", "honest", 2_000_000, 2_000_000, 10.0, 8.0, 0.6),
+    ProviderSpec("Rural screening van", "honest", 2_000_000, 2_000_000, 9.0, 8.0, 0.6),
     ProviderSpec("Patient co-op", "honest", 1_000_000, 1_000_000, 20.0, 8.0, 0.7),
 )
 NOISE = ProviderSpec(
@@ -88,12 +88,17 @@ def partition(dataset: Dataset, specs: list[ProviderSpec], *, seed: int) -> list
 
 
 def noise_like(dataset: Dataset, rows: int, *, seed: int) -> Dataset:
-    """What a dishonest seller lists: random pixels with random grades, in the real data's shape."""
+    """What a dishonest seller lists: real-looking photographs (copies from the pool) graded backwards.
+
+    Pixels of pure noise would be easy to spot by eye; copied photographs with random labels are
+    the fraud a buyer cannot see without appraisal: they look right and teach the model wrong.
+    """
     rng = np.random.default_rng(seed)
     s = dataset.schema
-    if s.dtype == "uint8":
-        features = rng.integers(0, 256, size=(rows, *s.shape), dtype=np.uint8)
-    else:
-        features = rng.normal(size=(rows, *s.shape)).astype(s.dtype)
-    labels = rng.integers(0, len(s.classes), size=rows).astype(np.int64)
-    return Dataset(features, labels, Schema(s.modality, s.shape, s.dtype, s.classes, rows, s.feature_names))
+    idx = rng.choice(s.rows, size=min(rows, s.rows), replace=False)
+    labels = (len(s.classes) - 1 - dataset.labels[idx]).astype(np.int64)  # the grading scale reversed
+    return Dataset(
+        dataset.features[idx],
+        labels,
+        Schema(s.modality, s.shape, s.dtype, s.classes, len(idx), s.feature_names),
+    )

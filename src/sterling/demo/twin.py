@@ -45,7 +45,7 @@ def evaluate(bundle: ModelBundle, test: Dataset) -> Evaluation:
 
 
 def train_twin(
-    job: Job, train: Dataset, test: Dataset, *, seed: int, batch: int = 128, lr: float = 2e-3
+    job: Job, train: Dataset, test: Dataset, *, seed: int, batch: int = 256, lr: float = 3e-3
 ) -> tuple[Evaluation, list[dict[str, float]]]:
     """Train the job's model without privacy on `train`; its test scores and per-epoch curve."""
     torch.manual_seed(seed)

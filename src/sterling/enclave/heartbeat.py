@@ -75,6 +75,20 @@ class Heartbeat:
             self._step = step
         self.check()
 
+    def finish(self, step: int) -> None:
+        """Training is over: stop the background beats, then report `step` as the last word.
+
+        Stopping first keeps a late background beat from landing after, and overwriting, the
+        final progress on chain; the beat sent here also renews the lease for settlement.
+        """
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        with self._lock:
+            self._step = step
+        self.beat()
+        self.check()
+
     def check(self) -> None:
         if self._lost is not None:
             raise LeaseLost(f"lost the lease ({self._lost}); another worker takes over")
@@ -100,4 +114,7 @@ class Heartbeat:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            self.beat()
+            try:
+                self.beat()
+            except Exception as exc:  # noqa: BLE001 - the lease must outlive a bad progress figure
+                self._log(f"job {self.job_id}: heartbeat failed ({type(exc).__name__}: {exc}); retrying")

@@ -15,6 +15,7 @@ computed from private data and are never reported outside the enclave.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,14 +188,19 @@ def _engine(job: Job, data: Split, summary: dict[str, Any], seed_offset: int) ->
     )
 
 
-def _appraise(job: Job, data: Split, model: torch.nn.Module, parts: int) -> AppraisalResult:
-    """Influence values released with DP when the job asks for them (and brings a validation set)."""
+def _appraise(job: Job, data: Split, model: torch.nn.Module, parts: int) -> tuple[AppraisalResult, float]:
+    """Influence values released with DP when the job asks for them (and brings a validation set).
+
+    Also returns the threshold below which a released value is flagged harmful: two standard
+    deviations of its Laplace noise below zero, so that noise alone rarely flags honest data.
+    """
     if not (job.release.appraisal_values and not data.eval_is_private):
-        return RowShare().fit(model, _appraisal_data(job, data, parts))
+        return RowShare().fit(model, _appraisal_data(job, data, parts)), 0.0
     from sterling.appraisal.release import PrivateInfluence
 
     appraiser = PrivateInfluence(clip=job.training.clipping_norm, epsilon=job.release.appraisal_epsilon)
-    return appraiser.fit(model, _appraisal_data(job, data, parts))
+    result = appraiser.fit(model, _appraisal_data(job, data, parts))
+    return result, -2 * math.sqrt(2) * appraiser.scale
 
 
 def _appraisal_data(job: Job, data: Split, parts: int) -> AppraisalData:
@@ -250,7 +256,7 @@ def train(
         return accountant.pld_epsilon(accountant.DpSgdParams(sigma, q, n, t.delta)) if n else 0.0
 
     engine, first = run(data.x_train, data.y_train, 0)
-    appraisal = _appraise(job, data, engine.model, parts)
+    appraisal, flag_below = _appraise(job, data, engine.model, parts)
     kept = [True] * parts
     if keep is not None and appraisal.method != "row_share":
         chosen = set(keep({str(lid): v for lid, v in zip(listing_ids, appraisal.per_provider, strict=True)}))
@@ -320,10 +326,13 @@ def train(
             "values": {str(lid): v for lid, v in zip(listing_ids, appraisal.per_provider, strict=True)}
             if released_values
             else None,
-            "flagged": [lid for lid, f in zip(listing_ids, appraisal.flagged(), strict=True) if f]
+            "flagged": [
+                lid for lid, f in zip(listing_ids, appraisal.flagged(threshold=flag_below), strict=True) if f
+            ]
             if released_values
             else [],
             "kept": [lid for lid, k in zip(listing_ids, kept, strict=True) if k],
+            "flag_threshold": flag_below if released_values else None,
         },
     }
     bundle = ModelBundle.from_module(

@@ -453,7 +453,12 @@ class Worker:
         steps, runs = int(summary["steps"]), int(summary.get("training_runs", 1))
 
         def pld(n: int) -> float:
-            return accountant.pld_epsilon(accountant.DpSgdParams(sigma, q, n, delta)) if n else 0.0
+            # Progress only: the coarser PLD grid is still an upper bound and several times cheaper,
+            # which matters when a heartbeat thread computes it beside training on two cores.
+            if n <= 0:
+                return 0.0
+            params = accountant.DpSgdParams(sigma, q, n, delta)
+            return accountant.pld_epsilon(params, accountant.SEARCH_DISCRETIZATION)
 
         # ε so far when `step` of all runs' steps are done (a second run composes with the first).
         beat.plan(runs * steps, lambda step: pld(min(step, steps)) + pld(max(0, step - steps)))
@@ -472,8 +477,7 @@ class Worker:
             raise JobRefused(f"training failed: {exc}") from None
         done = int(outcome.info["training_runs"]) * steps
         beat.plan(done, lambda _: outcome.epsilon_spent)
-        beat.update(done)
-        beat.beat()
+        beat.finish(done)
         return outcome
 
     def _keep_hook(self, job: Job, body: JobBody) -> Any:

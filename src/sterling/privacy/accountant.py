@@ -87,6 +87,7 @@ def epsilon(params: DpSgdParams) -> Epsilon:
     return Epsilon(pld=pld_epsilon(params), rdp=rdp_epsilon(params), delta=params.delta)
 
 
+@lru_cache(maxsize=256)
 def calibrate_noise(*, target_epsilon: float, sample_rate: float, steps: int, delta: float) -> float:
     """The smallest noise multiplier (to 0.1 %) whose PLD ε does not exceed `target_epsilon`.
 

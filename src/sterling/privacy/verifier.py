@@ -170,37 +170,15 @@ def verify(job: Job, listings: dict[int, ListingView]) -> Report:
             )
         )
 
-    # ---- privacy of training
+    # ---- privacy of training (a problem here still lets every listing's terms be checked below)
     t = job.training
     rows = sum(v.schema.rows for v in views)
     train_rows = int(rows * (1 - ev.holdout_fraction))
-    if train_rows < 1:
-        add(Violation("training", f"no rows left to train on ({rows} rows, holdout {ev.holdout_fraction})"))
-        return report
-    q = t.sample_rate if t.sample_rate is not None else (t.expected_batch_size or 1) / train_rows
-    if q > 1:
-        add(
-            Violation(
-                "training",
-                f"expected batch size {t.expected_batch_size} exceeds the {train_rows} training rows",
-                asked=t.expected_batch_size,
-                allowed=train_rows,
-                field="training.expected_batch_size",
-            )
-        )
-        return report
-    steps = t.steps if t.steps is not None else max(1, math.ceil((t.epochs or 1) / q))
-    try:
-        sigma = t.noise_multiplier or accountant.calibrate_noise(
-            target_epsilon=t.target_epsilon or 1.0, sample_rate=q, steps=steps, delta=t.delta
-        )
-        eps = accountant.epsilon(accountant.DpSgdParams(sigma, q, steps, t.delta))
-    except UsageError as exc:
-        add(Violation("training", str(exc), field="training"))
-        return report
+    trained = _training_privacy(job, train_rows, rows, add)
     runs = 2 if rel.retrain_without_dropped else 1
     appraisal = rel.appraisal_epsilon if rel.appraisal_values else 0.0
-    total = runs * eps.pld + ev.metrics_epsilon + appraisal + rel.attribution_epsilon
+    release = ev.metrics_epsilon + appraisal + rel.attribution_epsilon
+    total = runs * trained.eps.pld + release if trained is not None else None
 
     # ---- every listing's terms
     prices = {}
@@ -218,7 +196,7 @@ def verify(job: Job, listings: dict[int, ListingView]) -> Report:
                     field=f"listings.{i}.listing_id",
                 )
             )
-        if total > ask.epsilon + 1e-9:
+        if total is not None and total > ask.epsilon + 1e-9:
             add(
                 Violation(
                     "epsilon",
@@ -290,6 +268,9 @@ def verify(job: Job, listings: dict[int, ListingView]) -> Report:
                 field="payment_cap_wei",
             )
         )
+    if trained is None:
+        return report
+    q, steps, sigma, eps = trained.sample_rate, trained.steps, trained.sigma, trained.eps
     report.summary = {
         "model_family": job.model.family,
         "train_rows": train_rows,
@@ -310,3 +291,41 @@ def verify(job: Job, listings: dict[int, ListingView]) -> Report:
         "payment_cap_wei": job.payment_cap_wei,
     }
     return report
+
+
+@dataclass(frozen=True)
+class _Trained:
+    sample_rate: float
+    steps: int
+    sigma: float
+    eps: accountant.Epsilon
+
+
+def _training_privacy(job: Job, train_rows: int, rows: int, add: Any) -> _Trained | None:
+    """(q, steps, σ, ε) of the job's training, or None after adding the violation that prevents it."""
+    t, ev = job.training, job.evaluation
+    if train_rows < 1:
+        add(Violation("training", f"no rows left to train on ({rows} rows, holdout {ev.holdout_fraction})"))
+        return None
+    q = t.sample_rate if t.sample_rate is not None else (t.expected_batch_size or 1) / train_rows
+    if q > 1:
+        add(
+            Violation(
+                "training",
+                f"expected batch size {t.expected_batch_size} exceeds the {train_rows} training rows",
+                asked=t.expected_batch_size,
+                allowed=train_rows,
+                field="training.expected_batch_size",
+            )
+        )
+        return None
+    steps = t.steps if t.steps is not None else max(1, math.ceil((t.epochs or 1) / q))
+    try:
+        sigma = t.noise_multiplier or accountant.calibrate_noise(
+            target_epsilon=t.target_epsilon or 1.0, sample_rate=q, steps=steps, delta=t.delta
+        )
+        eps = accountant.epsilon(accountant.DpSgdParams(sigma, q, steps, t.delta))
+    except UsageError as exc:
+        add(Violation("training", str(exc), field="training"))
+        return None
+    return _Trained(q, steps, sigma, eps)
