@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from sterling.data.dataset import Dataset
+from sterling.enclave.training import macro_auc
 from sterling.privacy.bundle import ModelBundle
 from sterling.privacy.dpsgd import build_module
 from sterling.privacy.features import to_model_input
@@ -30,14 +30,7 @@ class Evaluation:
 
 def scores(probs: np.ndarray, labels: np.ndarray) -> Evaluation:
     """Accuracy and macro one-vs-rest AUC (over the classes present in `labels`)."""
-    accuracy = float((probs.argmax(axis=1) == labels).mean())
-    present = np.unique(labels)
-    if len(present) < 2:
-        return Evaluation(accuracy, float("nan"))
-    if probs.shape[1] == 2:
-        return Evaluation(accuracy, float(roc_auc_score(labels, probs[:, 1])))
-    p = probs[:, present] / probs[:, present].sum(axis=1, keepdims=True)
-    return Evaluation(accuracy, float(roc_auc_score(labels, p, multi_class="ovr", labels=present)))
+    return Evaluation(float((probs.argmax(axis=1) == labels).mean()), macro_auc(probs, labels))
 
 
 def evaluate(bundle: ModelBundle, test: Dataset) -> Evaluation:

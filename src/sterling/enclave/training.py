@@ -94,12 +94,23 @@ def _release_epsilon(job: Job, private_eval: bool) -> float:
     return metrics + appraisal + job.release.attribution_epsilon
 
 
+def macro_auc(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Binary AUC, or macro one-vs-rest AUC over the classes present in `labels` (NaN with one class)."""
+    from sklearn.metrics import roc_auc_score
+
+    present = np.unique(labels)
+    if len(present) < 2:
+        return float("nan")
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    p = probs[:, present] / probs[:, present].sum(axis=1, keepdims=True)
+    return float(roc_auc_score(labels, p, multi_class="ovr", labels=present))
+
+
 def metrics_of(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: str, wanted: Sequence[str]
 ) -> dict[str, float]:
     """Accuracy, mean (clipped) loss and AUC of `model` on (x, y), without noise."""
-    from sklearn.metrics import roc_auc_score
-
     model.eval()
     with torch.no_grad():
         logits = model(x)
@@ -118,15 +129,7 @@ def metrics_of(
     if "loss" in wanted:
         out["loss"] = float(per.clamp(max=LOSS_CLIP).mean())
     if "auc" in wanted:
-        present = np.unique(y.numpy())
-        if len(present) < 2:
-            out["auc"] = float("nan")
-        elif probs.shape[1] == 2:
-            out["auc"] = float(roc_auc_score(y.numpy(), probs[:, 1].numpy()))
-        else:
-            p = probs.numpy()[:, present]
-            p = p / p.sum(axis=1, keepdims=True)
-            out["auc"] = float(roc_auc_score(y.numpy(), p, multi_class="ovr", labels=present))
+        out["auc"] = macro_auc(probs.numpy(), y.numpy())
     return out
 
 
