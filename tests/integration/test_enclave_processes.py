@@ -153,7 +153,10 @@ def test_chain_worker_provider_and_consumer_as_separate_processes(procs):
     watched = procs.run("job", "watch", str(job_id), *chain_args, "--format", "json", "--timeout", "240")
     updates = [json.loads(line) for line in watched.stdout.splitlines()]
     assert updates[-1]["state"] == "completed"
-    assert any(u["state"] == "training" for u in updates) or updates[0]["state"] in ("pending", "claimed")
+    # The job may finish before watching starts; its heartbeats stay on chain either way.
+    status = json.loads(procs.run("job", "status", str(job_id), *chain_args, "--format", "json").stdout)
+    assert status["progress"]["step"] == status["progress"]["steps"] == 80
+    assert status["state"] == "completed"
 
     model = procs.tmp / "model.npz"
     got = json.loads(
