@@ -7,8 +7,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMPS := .make
-# Debian packages the project needs (none yet; the browser tests add chromium).
-DEBS   :=
+# Debian packages the project needs: chromium for the browser tests (driven by Playwright).
+DEBS   := chromium
 PYTEST_ARGS ?=
 
 .PHONY: help setup demo test lint typecheck unit bench clean
@@ -19,7 +19,7 @@ help:
 	@echo "make bench   run every benchmark and print its figures"
 	@echo "make clean   remove the virtual environment, node_modules and stamps"
 
-setup: $(STAMPS)/python $(STAMPS)/node $(STAMPS)/debian
+setup: $(STAMPS)/python $(STAMPS)/node $(STAMPS)/web $(STAMPS)/debian
 
 $(STAMPS):
 	mkdir -p $(STAMPS)
@@ -46,6 +46,13 @@ $(STAMPS)/node: package.json package-lock.json | $(STAMPS)
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The web app's pages: CodeMirror, Chart.js and Sterling's own scripts, bundled by esbuild (all from npm)
+# into src/sterling/web/static/dist, which `sterling serve` serves; nothing is fetched at run time.
+WEB_SRC := $(wildcard web/src/* web/build.mjs)
+$(STAMPS)/web: $(STAMPS)/node $(WEB_SRC) | $(STAMPS)
+	node web/build.mjs
+	touch $@
+
 demo: setup
 	$(BIN)/sterling demo
 
@@ -61,7 +68,10 @@ unit: setup
 
 test: lint typecheck
 	$(BIN)/sterling chain compile --check
-	$(BIN)/pytest -q -n 2 --timeout=600 $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n 2 --timeout=600 --durations=15 -m "not browser" $(PYTEST_ARGS)
+	@# Playwright's sync API keeps an event loop running in its process, which FastAPI's TestClient
+	@# refuses to share: the browser tests run in a pytest of their own.
+	$(BIN)/pytest -q --timeout=600 --durations=5 -m browser $(PYTEST_ARGS)
 
 bench: setup
 	@for b in $$($(BIN)/sterling bench list); do $(BIN)/sterling bench $$b; done
