@@ -113,23 +113,63 @@ class Trace(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def trace_step(oblivious: bool, data_seed: int, sample_seed: int, family: str = "cnn") -> list[tuple]:
+def trace_step(
+    oblivious: bool, data_seed: int, sample_seed: int, family: str = "cnn", rows: int = 64
+) -> list[tuple]:
     g = torch.Generator().manual_seed(data_seed)
-    x, y = torch.randn(64, 3, 8, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    x, y = torch.randn(rows, 3, 8, 8, generator=g), torch.randint(0, 3, (rows,), generator=g)
     tr = trainer(family, shape=(3, 8, 8), classes=3, sample_rate=0.3, oblivious=oblivious, seed=sample_seed)
     with Trace() as t:
         tr.step(x, y)
     return t.ops
 
 
-@pytest.mark.parametrize("family", ["cnn", "logistic_regression"])
-def test_oblivious_step_trace_is_identical_across_data_and_samples(family):
-    a = trace_step(True, data_seed=1, sample_seed=10, family=family)
-    b = trace_step(True, data_seed=2, sample_seed=20, family=family)
+@pytest.mark.parametrize(
+    ("family", "rows"),
+    [("cnn", 64), ("cnn", 600), ("logistic_regression", 64)],  # 600 rows: the two-stage gather
+)
+def test_oblivious_step_trace_is_identical_across_data_and_samples(family, rows):
+    a = trace_step(True, data_seed=1, sample_seed=10, family=family, rows=rows)
+    b = trace_step(True, data_seed=2, sample_seed=20, family=family, rows=rows)
     assert len(a) > 20
     assert a == b
     # The ordinary step's trace does depend on which rows were sampled: the test can tell.
-    assert trace_step(False, 1, 10, family) != trace_step(False, 2, 20, family)
+    assert trace_step(False, 1, 10, family, rows) != trace_step(False, 2, 20, family, rows)
+
+
+@pytest.mark.parametrize(("n", "q"), [(64, 0.3), (600, 0.3), (2048, 1 / 8), (1000, 0.02)])
+def test_oblivious_gather_takes_the_sampled_rows_in_order(n, q):
+    from sterling.privacy import oblivious
+
+    p = oblivious.plan(n, q)
+    assert p.capacity == oblivious_capacity(n, q)
+    if n >= 600:
+        assert p.blocks > 1  # the two-stage gather is exercised
+    g = torch.Generator().manual_seed(n)
+    rows = torch.randn(p.padded, 7, generator=g)
+    rows[n:] = 0
+    for _ in range(3):
+        mask = torch.rand(n, generator=g) < q
+        picked, weight = oblivious.gather(p, rows, mask)
+        k = int(mask.sum())
+        assert picked.shape == (p.capacity, 7)
+        assert torch.equal(picked[:k], rows[:n][mask])  # exact: each slot sums one row and zeros
+        assert not picked[k:].any()
+        assert torch.equal(weight, (torch.arange(p.capacity) < k).float())
+
+
+def test_oblivious_gather_drops_a_full_blocks_surplus_and_weights_only_real_rows():
+    from sterling.privacy import oblivious
+
+    p = oblivious.plan(2048, 1 / 8)
+    rows = torch.arange(1, 2049, dtype=torch.float32)[:, None]
+    mask = torch.zeros(2048, dtype=torch.bool)
+    mask[:100] = True  # 100 rows in the first block, whose capacity is smaller
+    picked, weight = oblivious.gather(p, rows, mask)
+    kept = int(weight.sum())
+    assert kept == p.block_capacity < 100
+    assert torch.equal(picked[:kept, 0], torch.arange(1, kept + 1, dtype=torch.float32))
+    assert not picked[kept:].any()
 
 
 def test_oblivious_and_ordinary_steps_compute_the_same_update():
@@ -201,15 +241,84 @@ def test_batched_per_example_gradients_match_vmap(layers, shape):
         steps=1,
         learning_rate=0.1,
     )
-    assert tr.hooks
+    assert tr.batched
     x, y = torch.randn(24, *shape), torch.randint(0, 4, (24,))
     weight = (torch.rand(24) < 0.7).float()
     batched, loss_a = tr._clipped_sum(x, y, weight)
-    tr.hooks = False
+    tr.batched = False
     reference, loss_b = tr._clipped_sum(x, y, weight)
     assert loss_a == pytest.approx(loss_b)
     for a, b in zip(batched, reference, strict=True):
         assert torch.allclose(a.reshape(b.shape), b, atol=1e-5, rtol=1e-4)
+
+
+# Explicit rule on a channels-last 3-channel conv, fused ReLU + pool, ghost rule on the second conv.
+MIXED_CNN = [
+    {"type": "conv2d", "out": 8, "kernel": 3, "padding": 1},
+    {"type": "groupnorm", "groups": 2},
+    {"type": "relu"},
+    {"type": "avgpool", "kernel": 2},
+    {"type": "conv2d", "out": 16, "kernel": 5},
+    {"type": "groupnorm", "groups": 4},
+    {"type": "tanh"},
+    {"type": "flatten"},
+    {"type": "linear", "out": 3},
+]
+
+
+@pytest.mark.parametrize(
+    ("layers", "shape"),
+    [(template("cnn", classes=3).model_dump(mode="json")["layers"], (3, 12, 12)), (MIXED_CNN, (3, 10, 10))],
+)
+def test_fast_clipped_sum_matches_vmap_grad_to_1e_5(layers, shape):
+    from torch.func import functional_call, grad, vmap
+
+    from sterling.privacy import persample
+    from sterling.privacy.graph import ModelGraph
+
+    tr = DPSGD(
+        ModelGraph.model_validate({"layers": layers}),
+        shape,
+        clipping_norm=0.3,
+        noise_multiplier=1.0,
+        sample_rate=0.5,
+        steps=1,
+        learning_rate=0.1,
+    )
+    convs = [m for m in tr.model if isinstance(m, torch.nn.Conv2d)]
+    if layers is MIXED_CNN:  # the test does take both rules: explicit, then ghost norm
+        assert [
+            persample._conv_costs(m, torch.zeros(1, m.out_channels, *s))
+            for m, s in zip(convs, [(10, 10), (1, 1)], strict=True)
+        ] == [(10 * 10 * 8 * 27, 2 * 100 * 100 * 35), (16 * 200, 2 * 216)]
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(40, *shape, generator=g) * 2, torch.randint(0, 3, (40,), generator=g)
+    weight = (torch.rand(40, generator=g) < 0.6).float()
+    fast, _ = tr._clipped_sum(x, y, weight)
+
+    # The reference: every example's gradient from vmap(grad), clipped and summed explicitly.
+    params = {k: v.detach() for k, v in tr.model.named_parameters()}
+
+    def loss_one(p, xi, yi):
+        return torch.nn.functional.cross_entropy(functional_call(tr.model, p, (xi[None],)), yi[None])
+
+    per = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
+    norms = torch.sqrt(sum(v.reshape(len(x), -1).pow(2).sum(dim=1) for v in per.values()))
+    assert (norms > 0.3).sum() >= 10  # clipping is active for many examples
+    factor = torch.clamp(0.3 / norms, max=1.0) * weight
+    for got, want in zip(fast, per.values(), strict=True):
+        want = torch.einsum("b,b...->...", factor, want)
+        assert float((got.reshape(want.shape) - want).norm() / want.norm()) < 1e-5
+
+
+def test_fused_relu_average_pool_matches_pytorch():
+    from sterling.privacy.persample import _ReluAvgPool
+
+    for shape, k in [((4, 3, 28, 28), 2), ((2, 3, 7, 9), 2), ((2, 2, 9, 9), 3)]:
+        a = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        want = torch.nn.functional.avg_pool2d(torch.relu(a), k)
+        assert torch.allclose(_ReluAvgPool.apply(a, k), want)
+        assert torch.autograd.gradcheck(lambda t, k=k: _ReluAvgPool.apply(t, k), (a,))
 
 
 @pytest.mark.parametrize(("shape", "k"), [((4, 3, 28, 28), 2), ((2, 3, 7, 9), 2), ((2, 2, 9, 9), 3)])
@@ -234,7 +343,8 @@ def test_blocked_products_match_plain_ones(n):
     ("family", "x", "classes"),
     [
         ("logistic_regression", torch.randn(1100, 4), 2),  # tall enough for the blocked products
-        ("cnn", torch.randn(64, 3, 8, 8), 3),  # gathered through the selection matrix
+        ("cnn", torch.randn(64, 3, 8, 8), 3),  # gathered through one selection matrix
+        ("cnn", torch.randn(600, 3, 8, 8), 3),  # gathered in two stages, with padding
     ],
 )
 def test_oblivious_and_ordinary_steps_agree_for_every_path(family, x, classes):
@@ -259,6 +369,6 @@ def test_per_dataset_values_follow_in_place_changes():
     assert torch.allclose(tr._dataset(x, y)["sq"], 4 * first)
     obl = trainer(family="cnn", shape=(3, 8, 8), classes=3, oblivious=True)
     xi, yi = torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,))
-    assert torch.equal(obl._dataset(xi, yi)["xy"][:, -1], yi.float())
+    assert torch.equal(obl._dataset(xi, yi)["xy"][:, 192], yi.float())
     yi.fill_(2)
-    assert torch.equal(obl._dataset(xi, yi)["xy"][:, -1], torch.full((8,), 2.0))
+    assert torch.equal(obl._dataset(xi, yi)["xy"][:, 192], torch.full((8,), 2.0))
