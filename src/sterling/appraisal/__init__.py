@@ -11,7 +11,9 @@ helps the consumer's model; negative data harms it (noise, shuffled or
 flipped labels) and is `flagged()`.
 
 - `RowShare`: each provider's share of the rows (public counts only);
-- `influence`: influence functions (Koh & Liang 2017), exact or last-layer;
+- `influence`: influence functions (Koh & Liang 2017), gathering `terms`,
+  `solvers`, `targets`, `first_order`, `groups` (Newton step per provider)
+  and `heldout` (each provider's labels under the model fitted without it);
 - `baselines`: training loss, self-influence and KNN-Shapley, for comparison;
 - `release`: the DP release of per-provider influence values.
 """

@@ -26,10 +26,9 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-import dp_accounting as dpa
 import numpy as np
 import torch
-from dp_accounting import pld
+from dp_accounting.pld import privacy_loss_mechanism as plm
 
 from sterling.errors import IntegrityError, UsageError
 
@@ -109,13 +108,31 @@ def _hessian(phi: torch.Tensor, logits: torch.Tensor, loss: str) -> torch.Tensor
     return h
 
 
+def gaussian_delta(sigma: float, epsilon: float) -> float:
+    """The exact δ(ε) of one Gaussian mechanism with sensitivity 1 and noise σ (its privacy profile).
+
+    dp_accounting's `GaussianPrivacyLoss` computes it in closed form. Calibrating through a PLD
+    accountant instead builds a discretised PMF per σ tried: ~14 s each at ε = 0.2 (profiled: 486 s
+    of one job's settlement), for the same answer.
+    """
+    loss = plm.GaussianPrivacyLoss(standard_deviation=sigma, sensitivity=1.0)
+    return float(loss.get_delta_for_epsilon(epsilon))
+
+
 def gaussian_noise_multiplier(epsilon: float, delta: float) -> float:
-    """The smallest σ for which one Gaussian mechanism (sensitivity 1) is (ε, δ)-DP, by PLD."""
-    sigma = dpa.calibrate_dp_mechanism(
-        pld.PLDAccountant, dpa.GaussianDpEvent, epsilon, delta,
-        bracket_interval=dpa.ExplicitBracketInterval(0.01, 1000.0),
-    )  # fmt: skip
-    return float(sigma)
+    """The smallest σ (to 1e-6 relative, rounded up) for which one Gaussian mechanism is (ε, δ)-DP."""
+    if epsilon <= 0 or not 0 < delta < 1:
+        raise UsageError(f"the Gaussian mechanism needs ε > 0 and 0 < δ < 1, got ε {epsilon}, δ {delta}")
+    lo, hi = 1e-3, 1.0
+    while gaussian_delta(hi, epsilon) > delta:  # δ falls as σ grows
+        lo, hi = hi, hi * 2
+    while hi - lo > 1e-6 * hi:
+        mid = (lo + hi) / 2
+        if gaussian_delta(mid, epsilon) > delta:
+            lo = mid
+        else:
+            hi = mid
+    return hi  # the upper end: never less noise than (ε, δ) needs
 
 
 def build(

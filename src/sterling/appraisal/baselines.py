@@ -57,10 +57,11 @@ class SelfInfluence:
 
     def fit(self, model: nn.Module, data: AppraisalData) -> AppraisalResult:
         terms = self.influence.terms(model, data.x, data.y, data.loss)
+        lam = self.influence.lam(terms)
         out = []
         for i in range(0, terms.n, CHUNK):
             g = terms.gradients(i, min(terms.n, i + CHUNK))  # (m, P)
-            out.append((g * self.influence.solve(terms, g.T).T).sum(dim=1))
+            out.append((g * self.influence.solve(terms, g.T, lam).T).sum(dim=1))
         values = -torch.cat(out).numpy() / max(1, terms.n) if out else np.zeros(0)
         return _result("self_influence", values, data)
 

@@ -37,7 +37,8 @@ import torch
 from torch import nn
 
 from sterling.appraisal import AppraisalData, AppraisalResult, provider_sums
-from sterling.appraisal.influence import ConjugateGradient, HeadTerms, solve_direct
+from sterling.appraisal.solvers import ConjugateGradient, solve_direct
+from sterling.appraisal.terms import HeadTerms
 from sterling.errors import UsageError
 
 #: Above this many last-layer parameters the direction is found by conjugate gradients.

@@ -1,0 +1,109 @@
+"""Screening providers' labels against the DP model: fakes fail, honest rows pass, releases are bounded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sterling.appraisal import AppraisalData
+from sterling.appraisal.screening import SCORE_CLIP, LabelAgreement
+from sterling.errors import UsageError
+
+WEIGHTS = np.array([1.5, -2.0, 1.0, 0.5, -1.0, 2.0])
+
+
+def _rows(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    x = rng.normal(size=(n, len(WEIGHTS))).astype(np.float32)
+    y = (x @ WEIGHTS + 0.3 * rng.normal(size=n) > 0).astype(np.int64)
+    return x, y
+
+
+def _market(seed: int) -> tuple[torch.nn.Module, AppraisalData]:
+    """Three honest providers, one with shuffled labels, one with flipped labels; a model fitted to all."""
+    rng = np.random.default_rng(seed)
+    xs, ys, owner = [], [], []
+    for p, kind in enumerate(["honest", "honest", "honest", "shuffled", "flipped"]):
+        x, y = _rows(int(rng.integers(150, 300)), rng)
+        if kind == "shuffled":
+            y = rng.permutation(y)
+        elif kind == "flipped":
+            y = 1 - y
+        xs.append(x)
+        ys.append(y)
+        owner.append(np.full(len(y), p))
+    x, y = torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+    xv, yv = _rows(200, rng)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(len(WEIGHTS), 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(200):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    data = AppraisalData(
+        x=x,
+        y=y,
+        owner=np.concatenate(owner),
+        parts=5,
+        x_val=torch.from_numpy(xv),
+        y_val=torch.from_numpy(yv),
+    )
+    return model, data
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_shuffled_and_flipped_labels_are_flagged_and_honest_ones_are_not(seed):
+    model, data = _market(seed)
+    screening = LabelAgreement(epsilon=None).fit(model, data)
+    assert screening.flagged() == (False, False, False, True, True)
+    means = screening.means()
+    assert min(means[:3]) > screening.reference_mean - 0.5
+    assert means[4] < means[3] < 0 < min(means[:3])  # backwards is worse than random, random worse than prior
+
+
+def test_one_row_moves_only_its_providers_sum_and_by_at_most_the_clip():
+    model, data = _market(3)
+    before = LabelAgreement(epsilon=None).fit(model, data).sums
+    for row in (0, int(np.flatnonzero(data.owner == 4)[0])):
+        keep = torch.ones(len(data.y), dtype=torch.bool)
+        keep[row] = False
+        fewer = AppraisalData(
+            x=data.x[keep],
+            y=data.y[keep],
+            owner=data.owner[keep.numpy()],
+            parts=data.parts,
+            x_val=data.x_val,
+            y_val=data.y_val,
+        )
+        after = LabelAgreement(epsilon=None).fit(model, fewer).sums
+        moved = [abs(a - b) for a, b in zip(after, before, strict=True)]
+        p = int(data.owner[row])
+        assert 0 < moved[p] <= SCORE_CLIP
+        assert all(m == 0 for q, m in enumerate(moved) if q != p)
+
+
+def test_the_release_adds_laplace_noise_of_scale_clip_over_epsilon():
+    model, data = _market(4)
+    exact = np.array(LabelAgreement(epsilon=None).fit(model, data).sums)
+    rng = np.random.default_rng(7)
+    draws = np.array([LabelAgreement(epsilon=0.5, rng=rng).fit(model, data).sums for _ in range(3000)])
+    noise = draws - exact
+    scale = SCORE_CLIP / 0.5
+    assert np.abs(noise.mean(axis=0)).max() < 0.3 * scale
+    # A Laplace(b) has standard deviation b·√2.
+    assert noise.std(axis=0) == pytest.approx(np.full(5, scale * np.sqrt(2)), rel=0.1)
+    released = LabelAgreement(epsilon=0.5, rng=rng).fit(model, data)
+    assert released.scale == scale
+    assert "laplace" in released.method
+
+
+def test_screening_needs_the_consumers_own_rows():
+    model, data = _market(5)
+    empty = AppraisalData(
+        x=data.x, y=data.y, owner=data.owner, parts=5, x_val=data.x_val[:0], y_val=data.y_val[:0]
+    )
+    with pytest.raises(UsageError, match="validation"):
+        LabelAgreement(epsilon=0.5).fit(model, empty)
+    with pytest.raises(UsageError, match="epsilon"):
+        LabelAgreement(epsilon=0.0)
