@@ -24,7 +24,10 @@ import numpy as np
 import torch
 
 from sterling.appraisal import AppraisalData, AppraisalResult, RowShare
+from sterling.appraisal.screening import LabelAgreement, Screening
 from sterling.data.dataset import Dataset
+from sterling.enclave.checkpoints import Checkpoints
+from sterling.enclave.metrics import metrics_of, private_metrics
 from sterling.errors import UsageError
 from sterling.privacy import accountant
 from sterling.privacy.bundle import ModelBundle
@@ -32,9 +35,6 @@ from sterling.privacy.dpsgd import DPSGD
 from sterling.privacy.features import to_model_input
 from sterling.privacy.graph import input_shape
 from sterling.privacy.job import Job
-
-#: Per-example losses are clipped here before a private mean is released, bounding its sensitivity.
-LOSS_CLIP = 10.0
 
 Progress = Callable[[int, int], None]  # (steps done, steps planned)
 
@@ -94,63 +94,6 @@ def _release_epsilon(job: Job, private_eval: bool) -> float:
     return metrics + appraisal + job.release.attribution_epsilon
 
 
-def macro_auc(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Binary AUC, or macro one-vs-rest AUC over the classes present in `labels` (NaN with one class)."""
-    from sklearn.metrics import roc_auc_score
-
-    present = np.unique(labels)
-    if len(present) < 2:
-        return float("nan")
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(labels, probs[:, 1]))
-    p = probs[:, present] / probs[:, present].sum(axis=1, keepdims=True)
-    return float(roc_auc_score(labels, p, multi_class="ovr", labels=present))
-
-
-def metrics_of(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: str, wanted: Sequence[str]
-) -> dict[str, float]:
-    """Accuracy, mean (clipped) loss and AUC of `model` on (x, y), without noise."""
-    model.eval()
-    with torch.no_grad():
-        logits = model(x)
-        if loss == "logistic":
-            p1 = torch.sigmoid(logits.squeeze(-1))
-            probs = torch.stack([1 - p1, p1], dim=1)
-            per = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits.squeeze(-1), y.float(), reduction="none"
-            )
-        else:
-            probs = torch.softmax(logits, dim=-1)
-            per = torch.nn.functional.cross_entropy(logits, y, reduction="none")
-    out: dict[str, float] = {}
-    if "accuracy" in wanted:
-        out["accuracy"] = float((probs.argmax(dim=1) == y).float().mean())
-    if "loss" in wanted:
-        out["loss"] = float(per.clamp(max=LOSS_CLIP).mean())
-    if "auc" in wanted:
-        out["auc"] = macro_auc(probs.numpy(), y.numpy())
-    return out
-
-
-def private_metrics(
-    exact: dict[str, float], *, n: int, epsilon: float, rng: np.random.Generator
-) -> dict[str, float]:
-    """Laplace mechanism on each metric of n private rows, ε split evenly among them.
-
-    Changing one row moves accuracy by at most 1/n and the clipped mean loss
-    by at most LOSS_CLIP/n (n, the held-out count, follows from the public row
-    counts). AUC has no such bound, so the verifier refuses it on private rows.
-    """
-    sensitivity = {"accuracy": 1.0 / n, "loss": LOSS_CLIP / n}
-    share = epsilon / max(1, len(exact))
-    out = {}
-    for name, value in exact.items():
-        noisy = value + rng.laplace(0.0, sensitivity[name] / share)
-        out[name] = float(np.clip(noisy, 0.0, 1.0 if name == "accuracy" else LOSS_CLIP))
-    return out
-
-
 Keep = Callable[[dict[str, float]], list[int]]  # the consumer contract's hook: values → listing ids kept
 
 
@@ -201,9 +144,19 @@ def _appraise(job: Job, data: Split, model: torch.nn.Module, parts: int) -> tupl
         return RowShare().fit(model, _appraisal_data(job, data, parts)), 0.0
     from sterling.appraisal.release import PrivateInfluence
 
-    appraiser = PrivateInfluence(clip=job.training.clipping_norm, epsilon=job.release.appraisal_epsilon)
+    # Half the appraisal ε releases these values, half the screening of labels (`_screen`).
+    epsilon = job.release.appraisal_epsilon / 2
+    appraiser = PrivateInfluence(clip=job.training.clipping_norm, epsilon=epsilon)
     result = appraiser.fit(model, _appraisal_data(job, data, parts))
     return result, -2 * math.sqrt(2) * appraiser.scale
+
+
+def _screen(job: Job, data: Split, model: torch.nn.Module, parts: int) -> Screening | None:
+    """The screening of each provider's labels, released with the other half of the appraisal ε."""
+    if not (job.release.appraisal_values and not data.eval_is_private):
+        return None
+    screener = LabelAgreement(epsilon=job.release.appraisal_epsilon / 2)
+    return screener.fit(model, _appraisal_data(job, data, parts))
 
 
 def _appraisal_data(job: Job, data: Split, parts: int) -> AppraisalData:
@@ -245,14 +198,26 @@ def train(
         raise UsageError(f"releasing metrics and values costs ε {release_eps:g}, the whole reservation")
     parts = len(datasets)
 
+    pickers: list[Checkpoints] = []
+
     def run(x: torch.Tensor, y: torch.Tensor, offset: int) -> tuple[DPSGD, Any]:
         engine = _engine(job, data, summary, offset)
+        # The verifier allows a choice of checkpoint only on the consumer's own validation set.
+        picker = None
+        if job.evaluation.checkpoint != "last" and not data.eval_is_private and len(data.y_eval):
+            rule, per_epoch = job.evaluation.checkpoint, max(1, round(1 / q))
+            picker = Checkpoints(data.x_eval, data.y_eval, job.model.loss, rule, per_epoch)
 
         def on_step(log: Any) -> None:
             if progress is not None:
                 progress(offset * steps + log.step, runs * steps)
+            if picker is not None:
+                picker.seen(engine.model, log.step)
 
         fitted = engine.fit(x, y, epsilon_limit=per_run_limit, delta=t.delta, on_step=on_step)
+        if picker is not None:
+            picker.restore(engine.model, fitted.steps)
+            pickers.append(picker)
         return engine, fitted
 
     def pld(n: int) -> float:
@@ -260,10 +225,17 @@ def train(
 
     engine, first = run(data.x_train, data.y_train, 0)
     appraisal, flag_below = _appraise(job, data, engine.model, parts)
+    screening = _screen(job, data, engine.model, parts)
+    # Fake data is flagged by the label screen. The influence values are too noisy on a weak DP
+    # model to flag anyone by themselves (measured: an honest provider's value fell below two
+    # standard deviations of its noise in the demo's small market); the consumer's keep() sees them.
+    flagged = list(screening.flagged()) if screening is not None else [False] * parts
     kept = [True] * parts
     if keep is not None and appraisal.method != "row_share":
         chosen = set(keep({str(lid): v for lid, v in zip(listing_ids, appraisal.per_provider, strict=True)}))
         kept = [lid in chosen for lid in listing_ids]
+    if job.release.drop_flagged:
+        kept = [k and not f for k, f in zip(kept, flagged, strict=True)]
     eps_first = pld(first.steps)
     eps_per_listing = [eps_first + release_eps] * parts
     final, fitted = engine, first
@@ -323,17 +295,21 @@ def train(
         "epsilon_per_listing": {str(lid): e for lid, e in zip(listing_ids, eps_per_listing, strict=True)},
         "metrics": metrics,
         "metrics_private": data.eval_is_private,
+        # The final run's validation curve and the epoch released (the consumer's data: no ε).
+        "checkpoint": pickers[-1].to_json() if pickers else {"rule": "last"},
         "train_rows": len(data.y_train),
         "appraisal": {
             "method": appraisal.method,
             "values": {str(lid): v for lid, v in zip(listing_ids, appraisal.per_provider, strict=True)}
             if released_values
             else None,
-            "flagged": [
-                lid for lid, f in zip(listing_ids, appraisal.flagged(threshold=flag_below), strict=True) if f
-            ]
-            if released_values
-            else [],
+            "flagged": [lid for lid, f in zip(listing_ids, flagged, strict=True) if f],
+            "screening": None
+            if screening is None
+            else {
+                **screening.to_json(),
+                "values": {str(lid): v for lid, v in zip(listing_ids, screening.sums, strict=True)},
+            },
             "kept": [lid for lid, k in zip(listing_ids, kept, strict=True) if k],
             "flag_threshold": flag_below if released_values else None,
         },

@@ -58,6 +58,11 @@ class Evaluation(_Strict):
     metrics: tuple[Literal["accuracy", "auc", "loss"], ...] = ("accuracy",)
     #: ε spent releasing metrics measured on private held-out data (Laplace); 0 releases none.
     metrics_epsilon: float = Field(default=0.0, ge=0)
+    #: Which of the DP-trained models to release: the last, or the one (checked after each epoch)
+    #: with the best accuracy or loss on the consumer's own validation set. DP-SGD's guarantee
+    #: covers every intermediate model, so choosing among them with the consumer's data costs no ε;
+    #: choosing with private held-out rows would not be private, and the verifier refuses it.
+    checkpoint: Literal["last", "best_accuracy", "best_loss"] = "last"
 
 
 class Release(_Strict):
@@ -70,6 +75,10 @@ class Release(_Strict):
     #: again without their data (so they are not paid for it); this trains twice, and the verifier
     #: counts both runs.
     retrain_without_dropped: bool = False
+    #: With `retrain_without_dropped`, also leave out (and pay only their appraisal fee) the providers
+    #: whom appraisal flags as fake: their labels agree with the DP model less than the consumer's own
+    #: labels do (appraisal/screening.py).
+    drop_flagged: bool = False
     #: ε for serving predictions with per-prediction attribution (`sterling model predict`): each
     #: provider's summed last-layer gradients are kept in the enclave with Gaussian noise at this ε.
     #: 0 serves with the weights fixed at settlement instead.

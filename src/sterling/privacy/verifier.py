@@ -151,6 +151,29 @@ def verify(job: Job, listings: dict[int, ListingView]) -> Report:
                 field="evaluation.metrics",
             )
         )
+    if ev.checkpoint != "last" and ev.validation_uri is None:
+        add(
+            Violation(
+                "release",
+                "choosing the released model by its score on private held-out rows would leak them "
+                "without a DP mechanism: give your own validation set (evaluation.validation_uri) "
+                "or release the last model",
+                asked=ev.checkpoint,
+                allowed="last (without evaluation.validation_uri)",
+                field="evaluation.checkpoint",
+            )
+        )
+    if rel.drop_flagged and not (rel.appraisal_values and rel.retrain_without_dropped):
+        add(
+            Violation(
+                "release",
+                "dropping flagged providers needs their appraisal and a second training run without "
+                "them: set release.appraisal_values and release.retrain_without_dropped",
+                asked="drop_flagged",
+                allowed="with appraisal_values and retrain_without_dropped",
+                field="release.drop_flagged",
+            )
+        )
     if rel.appraisal_values and ev.validation_uri is None:
         add(
             Violation(
