@@ -50,6 +50,15 @@ def plot_training(summary: dict[str, Any], path: Path) -> str:
                 [c["test_accuracy"] for c in job["twin_curve"]],
                 label=f"{job['label']}: non-private twin",
             )
+            if job.get("dp_curve"):
+                right.plot(
+                    [c["epoch"] for c in job["dp_curve"]],
+                    [c["validation_accuracy"] for c in job["dp_curve"]],
+                    linestyle=":",
+                    marker=".",
+                    color=right.lines[-1].get_color(),
+                    label=f"{job['label']}: DP model (validation, each epoch)",
+                )
             if job["accuracy"] is not None:
                 right.axhline(
                     job["accuracy"],
@@ -58,7 +67,7 @@ def plot_training(summary: dict[str, Any], path: Path) -> str:
                     label=f"{job['label']}: DP model",
                 )
     left.set(title="privacy spent while training (from the enclave's heartbeats)", xlabel="step", ylabel="ε")
-    right.set(title="test accuracy", xlabel="epoch (non-private twin)", ylabel="accuracy")
+    right.set(title="accuracy", xlabel="epoch", ylabel="accuracy")
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

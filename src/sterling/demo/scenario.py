@@ -25,7 +25,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from sterling.chain.units import from_micro, to_delta
 from sterling.crypto.keys import derived_x25519
 from sterling.data.dataset import Dataset, Schema
 from sterling.demo import market as cast
+from sterling.demo.jobs import DELTA, JobRecord, job_body, job_json
 from sterling.demo.twin import Evaluation, evaluate, train_twin
 from sterling.enclave.contracts import example
 from sterling.enclave.tee import SimulatedTee
@@ -53,15 +54,7 @@ from sterling.sdk.provider import ListingTerms, choose_enclave, publish, seal_da
 from sterling.storage.blobs import BlobStore
 
 RECORD = "demo.json"
-DELTA = 1e-5
 DEMO_LESION_SCALE = 3.0
-#: The researcher's contract: keep every provider whose appraised value is not clearly harmful
-#: (below minus a twentieth of the largest value; DP noise makes small negatives meaningless).
-KEEP_CLEARLY_USEFUL = """
-def keep(values):
-    largest = max([abs(v) for v in values.values()] + [1e-9])
-    return [int(k) for k, v in values.items() if v > -0.05 * largest]
-"""
 
 
 @dataclass(frozen=True)
@@ -133,29 +126,6 @@ class Reporter:
     progress: Callable[[str, buyer.Progress], None] = lambda _label, _p: None
     #: The enclave worker's own log lines (it runs in this process, in a thread).
     worker_log: Callable[[str], None] = lambda _: None
-
-
-@dataclass
-class JobRecord:
-    label: str
-    model: str
-    id: int | None = None
-    listings: list[int] = field(default_factory=list)
-    excluded: dict[str, str] = field(default_factory=dict)
-    epsilon_per_run: float = 0.0
-    epsilon_reserved: float = 0.0
-    state: str = "not submitted"
-    reason: str = ""
-    escrow_wei: int = 0
-    paid_wei: int = 0
-    steps: int = 0
-    epsilon_charged: dict[str, float] = field(default_factory=dict)
-    dp: dict[str, float] = field(default_factory=dict)
-    nonprivate: dict[str, float] = field(default_factory=dict)
-    appraisal: dict[str, Any] = field(default_factory=dict)
-    progress: list[tuple[int, float]] = field(default_factory=list)
-    twin_curve: list[dict[str, float]] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 class Demo:
@@ -285,7 +255,7 @@ class Demo:
                     "image_shape": list(data.pool.schema.shape),
                 },
                 "providers": providers,
-                "jobs": [_job_json(j) for j in jobs],
+                "jobs": [job_json(j) for j in jobs],
                 "refused_job_reason": refused,
                 "refused_on_chain_reason": refused_chain,
             }
@@ -362,54 +332,13 @@ class Demo:
 
     # ----------------------------------------------------------------- jobs
 
-    def _body(
-        self, family: str, ids: list[int], epsilon_per_run: float, validation_uri: str, data: Split
-    ) -> Job:
-        classes = len(data.pool.schema.classes)
-        rows = data.pool.schema.rows
-        appraisal_eps = round(0.1 * epsilon_per_run, 6)
-        reserved = round(2 * epsilon_per_run + appraisal_eps + 0.05, 4)
-        cnn = family == "cnn"
-        return Job.parse(
-            {
-                "name": f"diabetic retinopathy grading ({family})",
-                "purpose": "diabetic retinopathy screening research",
-                "listings": [{"listing_id": lid, "epsilon": reserved} for lid in ids],
-                "model": template(family, classes=classes).model_dump(mode="json"),
-                "training": {
-                    "epochs": 10,
-                    "expected_batch_size": int(min(512, max(32, rows // 8))),
-                    "target_epsilon": epsilon_per_run,
-                    "learning_rate": 1.0 if cnn else 0.5,
-                    "optimizer": "momentum",
-                    "clipping_norm": 0.5,
-                    "delta": DELTA,
-                    "seed": self.o.seed,
-                },
-                "evaluation": {
-                    "holdout_fraction": 0.0,
-                    "validation_uri": validation_uri,
-                    "metrics": ["accuracy", "auc", "loss"],
-                    "metrics_epsilon": 0.0,
-                },
-                "release": {
-                    "appraisal_values": True,
-                    "appraisal_epsilon": appraisal_eps,
-                    "retrain_without_dropped": True,
-                },
-                "contract": KEEP_CLEARLY_USEFUL,
-                "payment_cap_wei": 10**19,
-                "bonus_pool_wei": 2 * 10**16,
-            }
-        )
-
     def _job(self, b: Buying, label: str, family: str, ids: list[int], epsilon_per_run: float) -> JobRecord:
         started = time.perf_counter()
         rec = JobRecord(label, family, epsilon_per_run=epsilon_per_run)
         market, researcher, key, data = b.market, b.researcher, b.key, b.data
         # Assemble the dataset: listings still on sale with enough ε left for this job...
         views = buyer.listing_views(market, ids, consumer=researcher.address)
-        job = self._body(family, ids, epsilon_per_run, b.validation_uri, data)
+        job = job_body(family, ids, epsilon_per_run, b.validation_uri, data.pool.schema, seed=self.o.seed)
         needed = job.listings[0].epsilon
         for lid in ids:
             if not views[lid].open or views[lid].remaining_epsilon < needed:
@@ -418,7 +347,9 @@ class Demo:
                 )
         # ...whose providers' contracts accept it (run here first, as the enclave will).
         chosen = [lid for lid in ids if str(lid) not in rec.excluded]
-        job = self._body(family, chosen or ids, epsilon_per_run, b.validation_uri, data)
+        job = job_body(
+            family, chosen or ids, epsilon_per_run, b.validation_uri, data.pool.schema, seed=self.o.seed
+        )
         report = verify(job, views)
         if report.ok:
             refusals = buyer.precheck_contracts(
@@ -426,7 +357,9 @@ class Demo:
             )
             rec.excluded.update({str(lid): why for lid, why in refusals.items()})
             chosen = [lid for lid in chosen if lid not in refusals]
-            job = self._body(family, chosen or ids, epsilon_per_run, b.validation_uri, data)
+            job = job_body(
+                family, chosen or ids, epsilon_per_run, b.validation_uri, data.pool.schema, seed=self.o.seed
+            )
         for left_out, why in rec.excluded.items():
             self.r.say(f"{label}: listing {left_out} is left out: {why}")
         rec.listings = [a.listing_id for a in job.listings]
@@ -454,10 +387,17 @@ class Demo:
         bundle = buyer.fetch_result(market, submitted.job_id, key)
         rec.steps = int(bundle.info.get("steps", 0))
         rec.appraisal = dict(bundle.info.get("appraisal") or {})
+        per_epoch = max(1.0, 1 / float(bundle.info.get("sample_rate") or 1.0))
+        rec.dp_curve = [
+            {"epoch": round(c["step"] / per_epoch, 2), "validation_accuracy": c["accuracy"]}
+            for c in (bundle.info.get("checkpoint") or {}).get("curve", [])
+        ]
         rec.dp = asdict(evaluate(bundle, data.test))
         self.r.say(f"{label}: model received; training its non-private twin on the same data for comparison")
         twin: Evaluation
-        twin, rec.twin_curve = train_twin(job, self._pooled(market, data, rec), data.test, seed=self.o.seed)
+        twin, rec.twin_curve = train_twin(
+            job, self._pooled(market, data, rec), data.test, seed=self.o.seed, validation=data.validation
+        )
         rec.nonprivate = asdict(twin)
         rec.seconds = round(time.perf_counter() - started, 2)
         return rec
@@ -564,32 +504,6 @@ class Demo:
                 }
             )
         return out
-
-
-def _job_json(j: JobRecord) -> dict[str, Any]:
-    return {
-        "id": j.id,
-        "label": j.label,
-        "model": j.model,
-        "state": j.state,
-        "reason": j.reason or None,
-        "listings": j.listings,
-        "excluded": j.excluded,
-        "epsilon": j.epsilon_per_run,
-        "epsilon_reserved": j.epsilon_reserved,
-        "epsilon_charged": j.epsilon_charged,
-        "accuracy": j.dp.get("accuracy"),
-        "auc": j.dp.get("auc"),
-        "nonprivate_accuracy": j.nonprivate.get("accuracy"),
-        "nonprivate_auc": j.nonprivate.get("auc"),
-        "steps": j.steps,
-        "escrow_wei": j.escrow_wei,
-        "paid_wei": j.paid_wei,
-        "appraisal": j.appraisal,
-        "progress": j.progress,
-        "twin_curve": j.twin_curve,
-        "seconds": j.seconds,
-    }
 
 
 def fresh(state: Path) -> None:

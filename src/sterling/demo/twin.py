@@ -3,7 +3,9 @@
 The twin is trained by the demo harness, which generated (or loaded) the data
 and so holds it in the clear; no participant of the market could. It uses the
 same model graph and epochs as the DP job, with Adam and no clipping or
-noise, to show what privacy costs in accuracy.
+noise, to show what privacy costs in accuracy. When the job releases its best
+epoch on the consumer's validation set (`evaluation.checkpoint`), the twin is
+chosen the same way, so both sides of the comparison get the same help.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import numpy as np
 import torch
 
 from sterling.data.dataset import Dataset
-from sterling.enclave.training import macro_auc
+from sterling.enclave.checkpoints import Checkpoints
+from sterling.enclave.metrics import macro_auc
 from sterling.privacy.bundle import ModelBundle
 from sterling.privacy.dpsgd import build_module
 from sterling.privacy.features import to_model_input
@@ -38,7 +41,14 @@ def evaluate(bundle: ModelBundle, test: Dataset) -> Evaluation:
 
 
 def train_twin(
-    job: Job, train: Dataset, test: Dataset, *, seed: int, batch: int = 256, lr: float = 3e-3
+    job: Job,
+    train: Dataset,
+    test: Dataset,
+    *,
+    seed: int,
+    batch: int = 256,
+    lr: float = 3e-3,
+    validation: Dataset | None = None,
 ) -> tuple[Evaluation, list[dict[str, float]]]:
     """Train the job's model without privacy on `train`; its test scores and per-epoch curve."""
     torch.manual_seed(seed)
@@ -49,6 +59,10 @@ def train_twin(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     epochs = max(1, round(job.training.epochs or 10))
     generator = torch.Generator().manual_seed(seed)
+    picker = None
+    if validation is not None and job.evaluation.checkpoint != "last":
+        xv, yv = to_model_input(validation.features, shape), torch.from_numpy(validation.labels)
+        picker = Checkpoints(xv, yv, job.model.loss, job.evaluation.checkpoint, every=1)
     curve = []
     for epoch in range(1, epochs + 1):
         model.train()
@@ -67,19 +81,25 @@ def train_twin(
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             total += loss.item() * len(idx)
-        model.eval()
-        with torch.no_grad():
-            out = model(xt)
-            probs = (
-                torch.softmax(out, dim=-1).numpy()
-                if job.model.loss != "logistic"
-                else torch.stack([1 - torch.sigmoid(out[:, 0]), torch.sigmoid(out[:, 0])], 1).numpy()
-            )
+        if picker is not None:
+            picker.seen(model, epoch)
         curve.append(
             {
                 "epoch": epoch,
                 "train_loss": total / len(x),
-                "test_accuracy": scores(probs, test.labels).accuracy,
+                "test_accuracy": scores(_probs(model, xt, job), test.labels).accuracy,
             }
         )
-    return scores(probs, test.labels), curve
+    if picker is not None:
+        picker.restore(model, epochs)
+    return scores(_probs(model, xt, job), test.labels), curve
+
+
+def _probs(model: torch.nn.Module, x: torch.Tensor, job: Job) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    if job.model.loss == "logistic":
+        p1 = torch.sigmoid(out[:, 0])
+        return torch.stack([1 - p1, p1], 1).numpy()
+    return torch.softmax(out, dim=-1).numpy()
