@@ -27,6 +27,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         ["chain", "compile"],
         ["bench"],
         ["demo"],
+        ["serve"],
         ["version"],
         ["enclave"],
         ["enclave", "attest"],

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from sterling import __version__
-from sterling.cli import bench, chain, data, demo, enclave, job, keys, model, privacy, provider
+from sterling.cli import bench, chain, data, demo, enclave, job, keys, model, privacy, provider, serve
 from sterling.cli.common import err_console
 from sterling.errors import SterlingError
 
@@ -33,6 +33,7 @@ app.add_typer(provider.app, name="provider")
 app.command("listings")(provider.listings)
 app.command("bench")(bench.bench)
 app.command("demo")(demo.demo)
+app.command("serve")(serve.serve)
 
 
 @app.command("version")

@@ -50,31 +50,10 @@ def template(
     payment_cap_wei: Annotated[int, typer.Option("--payment-cap-wei", help="Most you will pay.")] = 10**18,
 ) -> None:
     """Print a job (JSON) to start from: a model of the family, DP-SGD aiming at --epsilon."""
-    from sterling.privacy.graph import template as make
-    from sterling.privacy.job import Job
+    from sterling.sdk.assemble import template_job
 
-    try:
-        graph = make(family, classes=classes)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    job = Job.parse(
-        {
-            "listings": [{"listing_id": lid, "epsilon": epsilon} for lid in listing],
-            "model": graph.model_dump(mode="json"),
-            "training": {
-                "epochs": 5,
-                "expected_batch_size": 64,
-                "target_epsilon": epsilon * 0.9,
-                "learning_rate": 0.5,
-                "clipping_norm": 1.0,
-            },
-            "evaluation": {
-                "holdout_fraction": 0.2,
-                "metrics": ["accuracy"],
-                "metrics_epsilon": epsilon * 0.1,
-            },
-            "payment_cap_wei": payment_cap_wei,
-        }
+    job = template_job(
+        family, listing_ids=listing, epsilon=epsilon, classes=classes, payment_cap_wei=payment_cap_wei
     )
     typer.echo(json.dumps(job.model_dump(mode="json"), indent=2))
 

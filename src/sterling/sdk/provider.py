@@ -137,15 +137,22 @@ def seal_dataset(
     contract_source: str | None = None,
     allowed_families: tuple[str, ...] | None = None,
     appraisal_fee_wei: int = 0,
+    preview_png: bytes | None = None,
+    publish_class_counts: bool = False,
 ) -> SealedDataset:
     """Encrypt `dataset` under a fresh data key and store ciphertext, contract and manifest.
 
     `allowed_families` (public terms the verifier enforces) limits the model families jobs may
     train; `appraisal_fee_wei` is what the provider is paid when a consumer's contract drops its
-    data after appraisal (at most the listing's price).
+    data after appraisal (at most the listing's price). `preview_png` (e.g. from
+    `sterling.sdk.preview.render`) is published in the clear beside the manifest, as
+    ``"preview": {uri, sha256}``, and `publish_class_counts` adds the rows per class to it: both
+    reveal something of the data, so both are the provider's choice and off by default.
     """
     if appraisal_fee_wei < 0:
         raise UsageError(f"the appraisal fee must be ≥ 0 wei, got {appraisal_fee_wei}")
+    if preview_png is not None and not preview_png.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise UsageError("the preview must be a PNG image")
     from sterling.privacy.graph import FAMILIES
 
     unknown = sorted(set(allowed_families or ()) - set(FAMILIES))
@@ -168,6 +175,11 @@ def seal_dataset(
             "appraisal_fee_wei": appraisal_fee_wei,
         },
     }
+    if preview_png is not None:
+        preview_ref = store.put_bytes(preview_png)
+        manifest["preview"] = {"uri": preview_ref.uri, "sha256": "0x" + preview_ref.hex}
+    if publish_class_counts:
+        manifest["class_counts"] = dataset.class_counts()
     manifest_ref = store.put_bytes(json.dumps(manifest, sort_keys=True, indent=1).encode())
     return SealedDataset(ciphertext, manifest_ref, contract_ref, schema, key)
 

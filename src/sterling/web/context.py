@@ -1,0 +1,91 @@
+"""What every request handler shares: the Marketplace, the blob store, the dev accounts, a write lock.
+
+A `WebContext` is built once, before the app: `sterling serve` connects to a node
+(`WebContext.connect`); tests build one over an embedded chain. Chain writes (publish, submit,
+cancel) from concurrent requests take `write_lock`, so two requests signing as one account never
+race for a nonce; reads run concurrently.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from eth_account.signers.local import LocalAccount
+
+from sterling.chain.marketplace import Marketplace
+from sterling.config import Settings
+from sterling.crypto.keys import derived_x25519
+from sterling.errors import UsageError
+from sterling.storage.blobs import BlobStore
+
+DEFAULT_MAX_UPLOAD_MB = 64
+
+
+@dataclass
+class WebContext:
+    market: Marketplace
+    store: BlobStore
+    state_dir: Path
+    settings: Settings | None = None
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB << 20
+    #: Seconds between looks at the chain while streaming a job's progress.
+    poll_seconds: float = 0.5
+    #: Seconds between keep-alive comments on an idle event stream.
+    keepalive_seconds: float = 15.0
+    write_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _keys: dict[str, X25519PrivateKey] = field(default_factory=dict, repr=False)
+    #: Decrypted results of completed jobs (they never change), so a polling page decrypts once.
+    results: dict[int, dict[str, Any] | None] = field(default_factory=dict, repr=False)
+
+    @property
+    def accounts(self) -> list[LocalAccount]:
+        """The local chain's development accounts (none on a real network)."""
+        return list(self.market.chain.dev_accounts)
+
+    def account(self, index: int) -> LocalAccount:
+        """Dev account `index`; UsageError (400) naming the valid range otherwise."""
+        accounts = self.accounts
+        if not accounts:
+            raise UsageError("this chain has no development accounts to sign with")
+        if not 0 <= index < len(accounts):
+            raise UsageError(
+                f"account must be a dev account index from 0 to {len(accounts) - 1}, got {index}"
+            )
+        return accounts[index]
+
+    def consumer_key(self, account: LocalAccount) -> X25519PrivateKey:
+        """The X25519 key a dev account's models are sealed to (derived, as the CLI's --dev-account)."""
+        key = self._keys.get(account.address)
+        if key is None:
+            key = self._keys[account.address] = derived_x25519(account)
+        return key
+
+    def dev_account_for(self, address: str) -> LocalAccount | None:
+        return next((a for a in self.accounts if a.address.lower() == address.lower()), None)
+
+    @classmethod
+    def connect(
+        cls,
+        settings: Settings,
+        *,
+        rpc_url: str | None,
+        marketplace: str | None,
+        state: Path | None,
+        store: str | None = None,
+        max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB,
+    ) -> WebContext:
+        """Connect as the CLI does: options, then $STERLING_RPC_URL and the recorded deployment."""
+        from sterling.cli.common import connect_market
+
+        market = connect_market(settings, rpc_url, marketplace, state)
+        return cls(
+            market=market,
+            store=BlobStore(store or settings.store_url),
+            state_dir=state or settings.chain_state,
+            settings=settings,
+            max_upload_bytes=max_upload_mb << 20,
+        )
