@@ -42,10 +42,12 @@ def _retinamnist() -> Path | None:
 
 def _demo(args: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sterling-bench-demo-") as tmp:
-        cmd = [sys.executable, "-m", "sterling.cli", "demo", "--fresh", "--state", tmp, "--format", "json"]
+        state = str(Path(tmp) / "market")
+        cmd = [sys.executable, "-m", "sterling.cli", "demo", "--fresh", "--state", state, "--format", "json"]
+        env = {**os.environ, "STERLING_HOME": str(Path(tmp) / "home")}
         started = time.perf_counter()
         done = subprocess.run(
-            [*cmd, *args], capture_output=True, text=True, timeout=900, check=False, cwd=PROJECT_ROOT
+            [*cmd, *args], capture_output=True, text=True, timeout=900, check=False, cwd=PROJECT_ROOT, env=env
         )
         wall = time.perf_counter() - started
     if done.returncode != 0:
