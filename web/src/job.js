@@ -231,7 +231,7 @@ export async function render(page, id) {
           h("tr", { dataset: { listingId: x, flagged: String(flagged.has(x)) }, class: flagged.has(x) ? "flagged" : null },
             h("td", {}, `#${x}`),
             h("td", { class: "appraisal-value" }, appraisalData[i].toFixed(4)),
-            h("td", {}, flagged.has(x) ? h("span", { class: "bad-text" }, "Flagged: its data made your model worse on your validation set.") : appraisalData[i] > 0 ? "Helped your model." : "No clear effect (within the noise).")))
+            h("td", {}, flagged.has(x) ? h("span", { class: "bad-text" }, "Flagged as fake: the model predicts its labels worse than it predicts yours.") : appraisalData[i] > 0 ? "Helped your model." : "No clear effect (within the noise).")))
       : [];
     parts.push(
       h("section", { class: "card", id: "appraisal", dataset: { method, released: String(Boolean(released)) } },
@@ -242,7 +242,7 @@ export async function render(page, id) {
           : null,
         h("p", { class: "muted small", id: "appraisal-method" },
           released
-            ? `Method: ${method.replaceAll("_", " ")}. Each value estimates how much that provider's data improved your model on your validation set (above 0 helped, below 0 hurt). It is released with differential privacy, so values near 0 may be noise. ${appraisal.flagged?.length ? `Flagged as harmful (in red): ${appraisal.flagged.map((x) => `#${x}`).join(", ")}: its data made your model worse on your validation set.` : "No dataset was flagged as harmful."}`
+            ? `Method: ${method.replaceAll("_", " ")}. Each value estimates how much that provider's data improved your model on your validation set (above 0 helped, below 0 hurt). It is released with differential privacy, so values near 0 may be noise. ${appraisal.flagged?.length ? `Flagged as fake (in red): ${appraisal.flagged.map((x) => `#${x}`).join(", ")}: the enclave's label screen found that the model predicts its labels worse than it predicts your own validation set's.` : "No dataset was flagged as fake."}`
             : `Method: ${method.replaceAll("_", " ")}. This job did not ask for appraisal values (they need your own validation set), so each dataset's share is its share of the training rows, as recorded on the chain.`)),
     );
     mount(results, h("div", { class: "two-col" }, parts));
