@@ -23,6 +23,14 @@ import numpy as np
 
 STERLING = [sys.executable, "-m", "sterling.cli"]
 FEATURES = 8
+#: JavaScript: how many pixels of the canvas with this id are drawn (a chart that drew nothing has none).
+PAINTED = """id => {
+  const c = document.getElementById(id);
+  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
+  return n;
+}"""
 WEIGHTS = np.array([1.5, -2.0, 1.0, 0.5, -1.0, 2.0, 0.8, -0.6])
 PROVIDERS = ("5", "6")
 CLI_CONSUMER = "3"

@@ -7,18 +7,11 @@ import json
 import re
 
 import pytest
-from browser_world import Market
+from browser_world import PAINTED, Market
 from playwright.sync_api import Locator, Page, expect
 
 pytestmark = pytest.mark.browser
 CONSUMER = "4"
-PAINTED = """id => {
-  const c = document.getElementById(id);
-  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-  let n = 0;
-  for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
-  return n;
-}"""
 WATCH_PROGRESS = """() => {
   window.__seen = [];
   const note = () => {

@@ -12,18 +12,11 @@ import urllib.request
 from typing import Any
 
 import pytest
-from browser_world import FEATURES, Market, tabular_csv
+from browser_world import FEATURES, PAINTED, Market, tabular_csv
 from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.browser
 CONSUMER = "8"
-PAINTED = """id => {
-  const c = document.getElementById(id);
-  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-  let n = 0;
-  for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
-  return n;
-}"""
 
 
 def post(market: Market, path: str, body: dict[str, Any]) -> Any:

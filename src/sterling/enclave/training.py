@@ -137,8 +137,8 @@ def _engine(job: Job, data: Split, summary: dict[str, Any], seed_offset: int) ->
 def _appraise(job: Job, data: Split, model: torch.nn.Module, parts: int) -> tuple[AppraisalResult, float]:
     """Influence values released with DP when the job asks for them (and brings a validation set).
 
-    Also returns the threshold below which a released value is flagged harmful: two standard
-    deviations of its Laplace noise below zero, so that noise alone rarely flags honest data.
+    Also returns two standard deviations of the values' Laplace noise below zero, reported to the
+    consumer as the level below which a value is clearly negative (flags come from `_screen`).
     """
     if not (job.release.appraisal_values and not data.eval_is_private):
         return RowShare().fit(model, _appraisal_data(job, data, parts)), 0.0
