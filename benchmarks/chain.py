@@ -150,6 +150,22 @@ def gas_table(chain: Chain) -> dict[str, int]:
     )
     g.measure("fail_job", lambda: m.fail_job(enclave, jid, reason="verifier: epsilon above cap"))
     g.measure("pay_for_predictions[4]", lambda: m.pay_for_predictions(consumer, 2, count=100, value=10**15))
+    weights = [4, 3, 2, 1]
+    batch = os.urandom(32)
+    digest = m.predictions_digest(2, payer=consumer.address, count=100, batch_hash=batch, weights=weights)
+    g.measure(
+        "pay_for_attributed_predictions[4]",
+        lambda: m.pay_for_attributed_predictions(
+            consumer,
+            2,
+            count=100,
+            batch_hash=batch,
+            weights=weights,
+            enclave=enclave.address,
+            signature=digests.sign_digest(enclave, digest),
+            value=10**15,
+        ),
+    )
     g.measure("withdraw", lambda: m.withdraw(provider))
     allow = g.measure(
         "deploy AllowListPolicy", lambda: AllowListPolicy.deploy(chain, provider, marketplace=m.address)

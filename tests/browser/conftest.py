@@ -13,16 +13,11 @@ from pathlib import Path
 
 import pytest
 from browser_world import Market, start_market
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect
 
 ROOT = Path(__file__).resolve().parents[2]
 # The machine is shared and slow at times: waiting is for a state to appear, never a performance check.
 expect.set_options(timeout=30_000)
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -35,16 +30,6 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
         yield m
     finally:
         m.stop_all()
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make setup` installs Debian's chromium")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

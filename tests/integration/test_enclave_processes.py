@@ -12,76 +12,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 from enclave_world import tabular
 
+from cli_world import CONSUMER, PROVIDERS, Procs, chain, job_file, publish, save_dataset, submit, worker
 from sterling.chain import node
 from sterling.chain.marketplace import Marketplace
 from sterling.chain.types import JobState
 from sterling.privacy.bundle import ModelBundle
 
 pytestmark = [pytest.mark.anvil, pytest.mark.slow]
-STERLING = [sys.executable, "-m", "sterling.cli"]
-CONSUMER, PROVIDERS = "3", ("5", "6")
-
-
-class Procs:
-    """Processes a test starts; all are stopped at the end, whatever happens."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.running: list[subprocess.Popen[str]] = []
-        self.env = {**os.environ, "STERLING_HOME": str(tmp / "home")}
-
-    def start(self, *args: str, name: str) -> subprocess.Popen[str]:
-        log = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            [*STERLING, *args],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            env=self.env,
-            start_new_session=True,
-        )
-        self.running.append(proc)
-        return proc
-
-    def first_line(self, proc: subprocess.Popen[str], timeout: float = 60) -> dict[str, Any]:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if line:
-                return dict(json.loads(line))
-            if proc.poll() is not None:
-                raise AssertionError(f"process exited with {proc.returncode} before printing")
-        raise AssertionError("no output in time")
-
-    def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [*STERLING, *args], capture_output=True, text=True, env=self.env, timeout=timeout, check=False
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(f"sterling {' '.join(args)} exited {done.returncode}: {done.stderr}")
-        return done
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.running):  # workers before the chain they talk to
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
 
 
 @pytest.fixture
@@ -91,63 +35,19 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
     p.stop_all()
 
 
-def _chain(procs: Procs, lease_seconds: int) -> tuple[str, Path]:
-    state = procs.tmp / "state"
-    up = procs.start(
-        "chain", "up", "--state", str(state), "--lease-seconds", str(lease_seconds), name="chain"
-    )
-    return str(procs.first_line(up)["rpc_url"]), state
-
-
-def _worker(procs: Procs, url: str, state: Path, name: str) -> tuple[subprocess.Popen[str], str]:
-    common = ["--rpc-url", url, "--state", str(state), "--store", str(procs.tmp / "blobs")]
-    args = ["enclave", "run", *common, "--name", name, "--allow", "--poll", "0.2", "--format", "json"]
-    proc = procs.start(*args, name=f"worker-{name}")
-    ready = procs.first_line(proc, timeout=120)
-    assert ready["event"] == "ready"
-    assert ready["simulated"] is True
-    assert "SIMULATION" in ready["mode"]
-    return proc, str(ready["address"])
-
-
 def _publish(procs: Procs, url: str, state: Path, rows: int, seed: int, dev: str) -> int:
-    data = procs.tmp / f"data-{seed}.npz"
     ds = tabular(rows, seed)
-    np.savez(data, features=ds.features, labels=ds.labels)
-    out = procs.run(
-        "provider", "publish", str(data), "--rpc-url", url, "--state", str(state),
-        "--store", str(procs.tmp / "blobs"), "--dev-account", dev, "--format", "json",
-        "--price-per-job", "1000000", "--price-per-epsilon", "2000000", "--epsilon-budget", "5",
-        "--max-epsilon-per-job", "2", "--delta", "1e-5",
-    )  # fmt: skip
-    return int(json.loads(out.stdout)["listing_id"])
-
-
-def _job_file(procs: Procs, listings: list[int], steps: int) -> Path:
-    args = ["job", "template", "logistic_regression", "--epsilon", "1.0", "--classes", "2"]
-    for lid in listings:
-        args += ["--listing", str(lid)]
-    doc = json.loads(procs.run(*args).stdout)
-    doc["training"].update({"steps": steps, "epochs": None, "learning_rate": 1.0, "optimizer": "momentum"})
-    path = procs.tmp / "job.json"
-    path.write_text(json.dumps(doc))
-    return path
-
-
-def _submit(procs: Procs, url: str, state: Path, job: Path) -> int:
-    common = ["--rpc-url", url, "--state", str(state), "--store", str(procs.tmp / "blobs")]
-    out = procs.run("job", "submit", str(job), *common, "--dev-account", CONSUMER, "--format", "json")
-    return int(json.loads(out.stdout)["job_id"])
+    return publish(procs, url, state, save_dataset(procs, str(seed), ds.features, ds.labels), dev)
 
 
 def test_chain_worker_provider_and_consumer_as_separate_processes(procs):
-    url, state = _chain(procs, lease_seconds=60)
-    _worker(procs, url, state, "a")
+    url, state = chain(procs, lease_seconds=60)
+    worker(procs, url, state, "a")
     listings = [
         _publish(procs, url, state, 300, 1, PROVIDERS[0]),
         _publish(procs, url, state, 200, 2, PROVIDERS[1]),
     ]
-    job_id = _submit(procs, url, state, _job_file(procs, listings, steps=80))
+    job_id = submit(procs, url, state, job_file(procs, listings, steps=80))
 
     chain_args = ["--rpc-url", url, "--state", str(state)]
     watched = procs.run("job", "watch", str(job_id), *chain_args, "--format", "json", "--timeout", "240")
@@ -188,10 +88,10 @@ def test_chain_worker_provider_and_consumer_as_separate_processes(procs):
 
 
 def test_a_worker_killed_mid_training_is_taken_over_and_nothing_is_paid_twice(procs):
-    url, state = _chain(procs, lease_seconds=4)
-    worker_a, address_a = _worker(procs, url, state, "a")
+    url, state = chain(procs, lease_seconds=4)
+    worker_a, address_a = worker(procs, url, state, "a")
     listing = _publish(procs, url, state, 400, 1, PROVIDERS[0])
-    job_id = _submit(procs, url, state, _job_file(procs, [listing], steps=6000))
+    job_id = submit(procs, url, state, job_file(procs, [listing], steps=6000))
     market = Marketplace.at(
         node.connect(url), json.loads((state / "deployment.json").read_text())["marketplace"]
     )
@@ -208,7 +108,7 @@ def test_a_worker_killed_mid_training_is_taken_over_and_nothing_is_paid_twice(pr
     os.killpg(worker_a.pid, signal.SIGKILL)
     worker_a.wait()
 
-    _, address_b = _worker(procs, url, state, "b")
+    _, address_b = worker(procs, url, state, "b")
     deadline = time.monotonic() + 240
     while market.job(job_id).state is not JobState.COMPLETED and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -223,6 +123,7 @@ def test_a_worker_killed_mid_training_is_taken_over_and_nothing_is_paid_twice(pr
     (allocation,) = job.allocations
     provider = market.listing(listing).provider
     assert market.balance_of(provider) == allocation.price  # paid once
+    assert market.balance_of(job.consumer) == job.escrow - allocation.price  # refunded once
     budget = market.listing(listing).budget
     assert budget.spent == allocation.spent <= allocation.reserved  # charged once
     assert budget.reserved == 0

@@ -92,13 +92,17 @@ def test_publish_stores_ciphertext_and_seals_the_key_to_the_enclave(market, tmp_
     assert manifest["name"] == "clinic-a"
     assert manifest["schema"]["rows"] == 40
     assert manifest["schema"]["classes"] == ["sick", "well"]
-    # Only the enclave's key opens the data key, and only bound to this chain, contract and ciphertext.
-    binding = seal.Binding("data-key", m.chain.chain_id, m.address, listing.data_hash)
+    # Only the enclave's key opens the data key, bound to this chain, contract, ciphertext and provider.
+    binding = seal.data_key_binding(m.chain.chain_id, m.address, listing.data_hash, provider=listing.provider)
     key = seal.unseal(listing.sealed_key, hpke, binding)
     with pytest.raises(IntegrityError):
         seal.unseal(listing.sealed_key, X25519PrivateKey.generate(), binding)
     with pytest.raises(IntegrityError):
-        seal.unseal(listing.sealed_key, hpke, seal.Binding("data-key", 1, m.address, listing.data_hash))
+        seal.unseal(
+            listing.sealed_key,
+            hpke,
+            seal.data_key_binding(1, m.address, listing.data_hash, provider=listing.provider),
+        )
     ciphertext = BlobStore(store).get_bytes(listing.data_hash)
     dataset = Dataset.from_bytes(container.decrypt_bytes(ciphertext, key))
     original = load_dataset(data)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sterling.appraisal import AppraisalData
-from sterling.appraisal.screening import SCORE_CLIP, LabelAgreement
+from sterling.appraisal.screening import FALSE_FLAG_RATE, SCORE_CLIP, LabelAgreement, Screening
 from sterling.errors import UsageError
 
 WEIGHTS = np.array([1.5, -2.0, 1.0, 0.5, -1.0, 2.0])
@@ -107,3 +107,28 @@ def test_screening_needs_the_consumers_own_rows():
         LabelAgreement(epsilon=0.5).fit(model, empty)
     with pytest.raises(UsageError, match="epsilon"):
         LabelAgreement(epsilon=0.0)
+
+
+def test_the_noise_alone_flags_an_honest_provider_at_most_at_the_false_flag_rate():
+    # A provider whose rows score exactly the buyer's mean, with no sampling spread (σ = 0):
+    # only the Laplace noise can flag it, and it should at the rate α the margin is set for.
+    rows, scale, draws = 99, SCORE_CLIP / 0.05, 400_000
+    noise = np.random.default_rng(11).laplace(0.0, scale, size=draws)
+    flagged = [
+        Screening("t", (0.2 * rows + z,), (rows,), 0.2, 0.0, scale, 0.05).flagged()[0] for z in noise[:2000]
+    ]
+    assert not any(flagged)
+    threshold = Screening("t", (0.0,), (rows,), 0.2, 0.0, scale, 0.05).thresholds()[0]
+    rate = float(np.mean(0.2 + noise / rows < threshold))
+    assert rate == pytest.approx(FALSE_FLAG_RATE, rel=0.35)
+    # Two standard deviations of noise, the margin before, flag one honest provider in 34.
+    old = float(np.mean(noise < -2 * np.sqrt(2) * scale))
+    assert 0.02 < old < 0.04
+
+
+def test_fakes_are_still_flagged_through_the_noise_and_honest_providers_are_not():
+    model, data = _market(5)
+    rng = np.random.default_rng(12)
+    flags = np.array([LabelAgreement(epsilon=1.0, rng=rng).fit(model, data).flagged() for _ in range(300)])
+    assert not flags[:, :3].any()
+    assert flags[:, 3:].mean(axis=0).min() > 0.95

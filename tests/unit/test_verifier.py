@@ -11,7 +11,8 @@ import pytest
 from sterling.data.dataset import Schema
 from sterling.errors import UsageError
 from sterling.privacy import accountant
-from sterling.privacy.graph import template
+from sterling.privacy.dpsgd import build_module
+from sterling.privacy.graph import MAX_PARAMETERS, parameter_count, template
 from sterling.privacy.job import Job
 from sterling.privacy.verifier import ListingView, verify
 
@@ -94,6 +95,21 @@ def test_shape_mismatch_batchnorm_and_unknown_listing():
     assert any("outputs (3,)" in v.message for v in report.violations)
     conv_on_table = verify(job(), {1: view(1, schema=Schema("tabular", (30,), "float32", ("a", "b"), 500))})
     assert any("conv2d needs a (C, H, W) input" in v.message for v in conv_on_table.violations)
+
+
+def test_a_model_too_large_for_the_enclave_is_refused_with_its_size():
+    wide = {"layers": [{"type": "flatten"}, {"type": "linear", "out": 65536}, {"type": "linear", "out": 5}]}
+    (v,) = [v for v in verify(job(model=wide), {1: view(1), 2: view(2)}).violations if v.term == "model"]
+    # 2,352 pixels + 1 bias into 65,536 units, then 65,537 into 5 outputs.
+    assert v.asked == 2353 * 65536 + 65537 * 5
+    assert v.allowed == MAX_PARAMETERS
+    assert "154,533,893 parameters" in v.message
+    assert v.field == "model.layers"
+    for family in ("logistic_regression", "mlp", "cnn"):
+        graph = template(family, classes=5)
+        assert parameter_count(graph, (3, 28, 28)) == sum(
+            p.numel() for p in build_module(graph, (3, 28, 28)).parameters()
+        )
 
 
 def test_mixed_schemas_and_unprotected_releases():

@@ -23,6 +23,8 @@ export async function render(page, id) {
   const cancelBox = h("div", { id: "job-cancel" });
   const progressBar = h("div", { class: "progress", id: "progress", role: "progressbar", "aria-valuemin": "0" }, h("span", { class: "fill" }));
   const progressText = h("div", { class: "progress-text", id: "progress-text" });
+  // Says so when the server stops answering (the browser keeps retrying the stream by itself).
+  const liveNote = h("div", { class: "live-status", id: "live-status", role: "status", dataset: { state: "live" } });
   const epsChartBox = h("div", { class: "chart small" }, h("canvas", { id: "epsilon-chart" }));
   const results = h("section", { id: "job-results" });
   const events = h("section", { id: "job-events" });
@@ -31,7 +33,7 @@ export async function render(page, id) {
     h("p", {}, h("a", { href: "#/explorer" }, "← Explorer")),
     head,
     cancelBox,
-    h("section", { class: "card wide" }, h("h2", {}, "Training progress"), progressBar, progressText, epsChartBox),
+    h("section", { class: "card wide" }, h("h2", {}, "Training progress"), progressBar, progressText, liveNote, epsChartBox),
     results,
     h("h2", {}, "What the chain recorded"),
     events,
@@ -310,8 +312,20 @@ export async function render(page, id) {
         mount(results, errorBox(`The final result could not be loaded: ${err.message}`));
       }
     });
+    source.onopen = () => {
+      if (liveNote.dataset.state !== "lost") return;
+      liveNote.dataset.state = "live";
+      mount(liveNote);
+      refetch(); // what changed while the connection was down (the stream resends progress itself)
+    };
     source.onerror = () => {
-      if (source.readyState === EventSource.CLOSED) progressText.append(" · live updates stopped; reload the page to resume.");
+      if (source.readyState === EventSource.CLOSED) {
+        liveNote.dataset.state = "stopped";
+        mount(liveNote, "Live updates stopped; reload the page to resume.");
+      } else {
+        liveNote.dataset.state = "lost";
+        mount(liveNote, "Lost the connection to the server; reconnecting…");
+      }
     };
   }
   return () => {

@@ -65,7 +65,9 @@ async function refreshStatus() {
     el.dataset.simulation = String(Boolean(s.simulation));
     el.classList.remove("offline");
   } catch (e) {
-    mount(el, h("span", { class: "offline-text" }, e.message));
+    // No answer at all (status 0): the server went away; this keeps asking every 3 s and recovers.
+    const text = e.status ? e.message : "Lost the connection to the Sterling server; reconnecting…";
+    mount(el, h("span", { class: "offline-text", title: e.message }, text));
     el.classList.add("offline");
   }
 }

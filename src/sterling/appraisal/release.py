@@ -21,9 +21,22 @@ every other provider's value unchanged, so each release is ε-DP for p's data
 (parallel composition across providers), on top of the (ε, δ) the DP-SGD
 run that produced θ spent; each provider is charged ε. The Hessian comes
 from the consumer's validation set, not from training rows, which would
-otherwise enter every provider's value through H⁻¹. For networks the
-gradient is the last linear layer's (as `LastLayerInfluence`); for logistic
-regression that is every parameter.
+otherwise enter every provider's value through H⁻¹.
+
+Which parameters: for logistic regression (only the last linear layer has
+parameters) the closed form of `HeadTerms`, v by a direct solve. For
+networks (MLP, CNN: `is_network`) every parameter (`network_terms`): v by
+conjugate gradients on products with the validation loss's Gauss–Newton
+matrix (`curvature`, positive semi-definite; `Hessian()` is the
+alternative), at most `NETWORK_ITERATIONS` steps, and ‖∇ℓ_i‖ and ∇ℓ_iᵀv
+for every row from DP-SGD's per-layer rules, so min(1, C/‖∇ℓ_i‖)·∇ℓ_iᵀv is
+exactly vᵀĝ_i. The last layer alone was measured to rank an MLP's providers
+close to chance (docs/appraisal.md); the network release's method string is
+`cg_influence[gauss_newton]+laplace(...)`. Everything about privacy above
+holds unchanged: v and c still come from θ and the consumer's rows only.
+`head_only=True` keeps a network on its last layer: the enclave's choice for
+CNNs, where the full release measured slower by minutes and no better at
+finding a fake provider.
 
 The positive direction matches influence: V_p > 0 means p's rows lower the
 consumer's validation loss. V_p is in units of clipped gradient (it is not
@@ -37,12 +50,26 @@ import torch
 from torch import nn
 
 from sterling.appraisal import AppraisalData, AppraisalResult, provider_sums
+from sterling.appraisal.network_terms import Curvature, GaussNewton, clipped_dots, direction
 from sterling.appraisal.solvers import ConjugateGradient, solve_direct
-from sterling.appraisal.terms import HeadTerms
+from sterling.appraisal.terms import CHUNK, HeadTerms, split_head
 from sterling.errors import UsageError
 
 #: Above this many last-layer parameters the direction is found by conjugate gradients.
 MAX_DIRECT = 2048
+#: CG's stopping rule for networks: the relative residual, and an iteration cap that keeps the
+#: release within a few seconds on the demo's CNN (docs/appraisal.md has the measurement).
+NETWORK_TOL = 1e-3
+NETWORK_ITERATIONS = 10
+
+
+def is_network(model: nn.Module) -> bool:
+    """Does the model have trainable parameters before its last linear layer (MLP, CNN)?"""
+    try:
+        body, _ = split_head(model)
+    except UsageError:
+        return True
+    return any(p.requires_grad for p in body.parameters())
 
 
 class PrivateInfluence:
@@ -56,6 +83,10 @@ class PrivateInfluence:
         damping: float = 0.01,
         term_quantile: float | None = 0.95,
         rng: np.random.Generator | None = None,
+        curvature: Curvature | None = None,
+        cg: ConjugateGradient | None = None,
+        chunk: int = CHUNK,
+        head_only: bool = False,
     ) -> None:
         if clip <= 0 or epsilon <= 0 or damping <= 0:
             raise UsageError("the private release needs clip > 0, epsilon > 0 and damping > 0")
@@ -66,38 +97,68 @@ class PrivateInfluence:
         self.damping = damping
         self.term_quantile = term_quantile
         self.rng = rng if rng is not None else np.random.default_rng()
+        #: For networks: the validation loss's curvature and the solver of (C_val + λI)v = ∇L_val.
+        self.curvature: Curvature = curvature or GaussNewton()
+        self.cg = cg or ConjugateGradient(tol=NETWORK_TOL, max_iter=NETWORK_ITERATIONS)
+        self.chunk = chunk
+        #: Value a network's last linear layer alone (the release before issue 6), as for a head.
+        self.head_only = head_only
         #: The bound c on one row's term (set by `noiseless`/`fit`; C until then).
         self.term_clip = clip
+        #: Whether the last model appraised was a network (every parameter) or a head alone.
+        self.network = False
 
     @property
     def scale(self) -> float:
         """The Laplace scale b = c/ε (standard deviation b·√2)."""
         return self.term_clip / self.epsilon
 
+    def _clipped(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, v: torch.Tensor
+    ) -> torch.Tensor:
+        """vᵀĝ_i for every row, ĝ_i the row's gradient clipped to norm C (before the term bound c)."""
+        if self.network:
+            return clipped_dots(model, x, y, loss, v, clip=self.clip, chunk=self.chunk)
+        rows = HeadTerms(model, x, y, loss)
+        return rows.dot(v) * torch.clamp(self.clip / rows.norms().clamp_min(1e-300), max=1.0)
+
     def _term_clip(self, model: nn.Module, data: AppraisalData, v: torch.Tensor) -> float:
         """c: a quantile of the validation rows' |terms| (the consumer's data only), at most C."""
         if self.term_quantile is None:
             return self.clip
-        val = HeadTerms(model, data.x_val, data.y_val, data.loss)
-        factor = torch.clamp(self.clip / val.norms().clamp_min(1e-300), max=1.0)
-        terms = (val.dot(v) * factor).abs().numpy()
+        terms = self._clipped(model, data.x_val, data.y_val, data.loss, v).abs().numpy()
         c = float(np.quantile(terms, self.term_quantile)) if len(terms) else self.clip
         return min(self.clip, max(c, self.clip * 1e-6))
 
     @property
     def method(self) -> str:
-        return f"influence+laplace(c={self.term_clip:.3g},eps={self.epsilon:g})"
+        name = f"cg_influence[{self.curvature.name}]" if self.network else "influence"
+        return f"{name}+laplace(c={self.term_clip:.3g},eps={self.epsilon:g})"
 
     def direction(self, model: nn.Module, data: AppraisalData) -> torch.Tensor:
         """v: the unit vector (H_val + λI)⁻¹∇L_val, from the model and the consumer's validation set only."""
-        val = HeadTerms(model, data.x_val, data.y_val, data.loss)
-        if val.size <= MAX_DIRECT:
-            v = solve_direct(val.hessian(), self.damping, val.mean_gradient())
+        self.network = is_network(model) and not self.head_only
+        if self.network:
+            v = direction(
+                model,
+                data.x_val,
+                data.y_val,
+                data.loss,
+                damping=self.damping,
+                curvature=self.curvature,
+                solve=self.cg.solve,
+            )
         else:
-            # A logistic regression on 28×28×3 pixels has 11,765 parameters: its dense Hessian takes
-            # 1.1 GB and ~25 s to factor (measured in the demo); CG on Hessian-vector products, each
-            # two small products with the validation rows' features, takes well under a second.
-            v = ConjugateGradient(tol=1e-6, max_iter=300).solve(val.hvp, self.damping, val.mean_gradient())
+            val = HeadTerms(model, data.x_val, data.y_val, data.loss)
+            if val.size <= MAX_DIRECT:
+                v = solve_direct(val.hessian(), self.damping, val.mean_gradient())
+            else:
+                # A logistic regression on 28×28×3 pixels has 11,765 parameters: its dense Hessian
+                # takes 1.1 GB and ~25 s to factor (measured in the demo); CG on Hessian-vector
+                # products, each two small products with the validation rows' features, well under 1 s.
+                v = ConjugateGradient(tol=1e-6, max_iter=300).solve(
+                    val.hvp, self.damping, val.mean_gradient()
+                )
         norm = float(v.norm())
         return v / norm if norm > 0 else v
 
@@ -105,9 +166,7 @@ class PrivateInfluence:
         """The values before noise, with the bounded per-example terms t_i: for tests; never released."""
         v = self.direction(model, data)
         self.term_clip = c = self._term_clip(model, data, v)
-        train = HeadTerms(model, data.x, data.y, data.loss)
-        factor = torch.clamp(self.clip / train.norms().clamp_min(1e-300), max=1.0)
-        terms = torch.clamp(train.dot(v) * factor, -c, c).numpy()
+        terms = torch.clamp(self._clipped(model, data.x, data.y, data.loss, v), -c, c).numpy()
         return AppraisalResult(
             self.method + ":noiseless", provider_sums(terms, data.owner, data.parts), terms, epsilon=None
         )

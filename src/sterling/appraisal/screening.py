@@ -26,11 +26,18 @@ Flagging: the same score on the consumer's validation rows (their data, no
 ε) gives a reference mean m and standard deviation σ. Provider p, with n_p
 rows (a public count), is flagged when its mean S_p/n_p is below
 
-    m − 3σ/√n_p − 2√2·(B/ε)/n_p,
+    m − 3σ/√n_p − ln(1/(2α))·(B/ε)/n_p,        α = FALSE_FLAG_RATE = 10⁻⁴,
 
 a one-sided test that honest rows from the buyer's distribution pass (the
 model was trained on them, so they score at or above the buyer's own rows)
-and that labels unrelated to the images, or graded backwards, fail.
+and that labels unrelated to the images, or graded backwards, fail. The
+last term is the Laplace noise's own one-sided tail: P(Laplace(b) < −k·b)
+= e^{−k}/2, so k = ln(1/(2α)) ≈ 8.5 means the noise alone flags an honest
+provider with probability at most α. (The margin was 2√2·b, two standard
+deviations, a 3% tail: in the demo, with ten honest screenings per run, an
+honest provider with 99 rows was flagged in about one run in twenty.) The
+price is power on small providers at small ε: a provider is only ever
+flagged if k·B/(ε·n_p) is well below the 2B range of a row's score.
 """
 
 from __future__ import annotations
@@ -47,6 +54,10 @@ from sterling.errors import UsageError
 
 #: B: one row's score is clipped to ±B nats.
 SCORE_CLIP = 3.0
+#: α: the most often the release's noise alone may flag an honest provider, per screening.
+FALSE_FLAG_RATE = 1e-4
+#: k = ln(1/(2α)): P(Laplace(b) < −k·b) = α.
+NOISE_MARGIN = math.log(1 / (2 * FALSE_FLAG_RATE))
 
 
 def _scores(
@@ -86,7 +97,7 @@ class Screening:
         return tuple(
             self.reference_mean
             - 3 * self.reference_sd / math.sqrt(max(1, n))
-            - 2 * math.sqrt(2) * self.scale / max(1, n)
+            - NOISE_MARGIN * self.scale / max(1, n)
             for n in self.rows
         )
 

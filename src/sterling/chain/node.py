@@ -8,15 +8,18 @@ snapshots (on chains that support them), and `close()`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,8 +174,11 @@ class AnvilNode:
     """An anvil process on loopback, optionally persisting its state to a folder.
 
     With `state_dir`, anvil loads ``anvil-state.json`` from it at start and
-    writes it back every `state_interval` seconds and on a clean stop, so a
-    restart loses nothing that was written before the last save.
+    writes it back every `state_interval` seconds (anvil's minimum is 1) and on
+    a clean stop, so a restart loses nothing that was written before the last
+    save. A hard kill of anvil itself loses what was mined since that save; on
+    Linux anvil is also stopped cleanly (and saves) when the process that
+    started it dies, so it never outlives `sterling chain up`.
     """
 
     def __init__(
@@ -222,7 +228,11 @@ class AnvilNode:
         try:
             with open(log_path, "ab") as log:
                 self.proc = subprocess.Popen(
-                    args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    args,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_stop_with_parent(),
                 )
         except OSError as exc:
             raise ChainUnavailable(f"could not start anvil ({self.binary}): {exc}") from exc
@@ -248,26 +258,64 @@ class AnvilNode:
             return False
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop anvil cleanly (it saves its state on SIGTERM), then forcefully."""
-        if self.proc is None or self.proc.poll() is not None:
-            self.proc = None
+        """Stop anvil cleanly (it saves its state on SIGTERM), then forcefully.
+
+        The npm launcher exits at once on SIGTERM while the anvil binary it started is still
+        saving, so this waits for the whole process group: a restart then reads a complete file.
+        """
+        if self.proc is None:
             return
+        group = self.proc.pid
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(group, signal.SIGTERM)
         try:
-            self.proc.wait(timeout)
+            self.proc.wait(timeout)  # reaped first: a zombie leader would keep the group alive
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.killpg(group, signal.SIGKILL)
             self.proc.wait(timeout)
+        if not _group_gone(group, timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+            _group_gone(group, timeout)
         self.proc = None
 
     def kill(self) -> None:
         """Kill anvil without letting it save (for fault tests)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+            _group_gone(self.proc.pid, 10.0)
         self.proc = None
+
+
+#: prctl(2) option: the signal the kernel sends a process when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent() -> Callable[[], None] | None:
+    """On Linux, a function for the child to run before exec: the kernel SIGTERMs it (anvil then
+    saves and exits) when the thread that started it dies. Resolved here, not after fork."""
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _group_gone(group: int, timeout: float) -> bool:
+    """Wait until no process of process group `group` is left; False if some still are at `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # the group id was reused by someone else's processes
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
 
 
 def start_anvil(binary: Path, **kwargs: Any) -> Chain:

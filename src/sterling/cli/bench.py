@@ -8,6 +8,7 @@ render them for people. `--format json` prints the dict as one JSON line.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from types import ModuleType
 from typing import Annotated, Any
 
@@ -34,6 +35,8 @@ def load(name: str) -> ModuleType:
     if spec is None or spec.loader is None:
         raise UsageError(f"cannot load benchmark {path}")
     module = importlib.util.module_from_spec(spec)
+    # Registered before it runs, as `import` does: dataclasses (and pickling) look their module up there.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 

@@ -14,7 +14,7 @@ from rich.table import Table
 # them, so `sterling --help` answers at once.
 from sterling.cli.common import Format, FormatOpt, connect_market, console, emit_json, load_account
 from sterling.config import Settings
-from sterling.errors import UsageError
+from sterling.errors import ChainUnavailable, UsageError
 
 app = typer.Typer(help="Run a local chain, deploy the Marketplace, and inspect it.", no_args_is_help=True)
 
@@ -82,6 +82,12 @@ def up(
             signal.signal(sig, lambda *_: stop.set())
         while not stop.is_set() and anvil.proc is not None and anvil.proc.poll() is None:
             stop.wait(0.5)
+        if not stop.is_set():
+            code = anvil.proc.returncode if anvil.proc is not None else None
+            raise ChainUnavailable(
+                f"anvil exited unexpectedly (code {code}); {state_dir} keeps the state it saved last "
+                "(at most a second old): `sterling chain up` again continues from there"
+            )
     finally:
         anvil.stop()
 

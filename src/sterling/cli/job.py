@@ -33,10 +33,21 @@ app = typer.Typer(
 
 
 def _read_json(path: Path, what: str) -> Any:
+    from sterling.jsontext import MAX_DEPTH, line_column, too_deep
+
     try:
-        return json.loads(path.read_text())
+        text = path.read_text()
+        deep = too_deep(text)
+        if deep is not None:
+            line, column = line_column(text, deep)
+            raise UsageError(
+                f"{what} {path} nests deeper than {MAX_DEPTH} levels (line {line} column {column})"
+            )
+        return json.loads(text)
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UsageError:
+        raise
     except ValueError as exc:
         raise UsageError(f"{what} {path} is not valid JSON: {exc}") from None
 

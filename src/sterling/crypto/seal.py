@@ -3,9 +3,9 @@
 RFC 9180 base mode, DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 / AES-256-GCM,
 from `cryptography`'s own `hpke` module. The `info` string binds every sealed
 value to where it may be used: its purpose, the chain id, the Marketplace
-address and a subject (the ciphertext hash for a data key, the job for a job
-body or model key). A sealed key copied to another listing, chain or job does
-not open.
+address and a subject (the ciphertext hash and its provider for a data key,
+the job for a job body or model key). A sealed key copied to another listing,
+provider, chain or job does not open.
 """
 
 from __future__ import annotations
@@ -78,9 +78,17 @@ def unseal(sealed: bytes, private_key: X25519PrivateKey, binding: Binding) -> by
         ) from None
 
 
-def data_key_binding(chain_id: int, marketplace: str, data_hash: bytes) -> Binding:
-    """A data key opens only for the ciphertext it encrypts, on this chain and Marketplace."""
-    return Binding("data-key", chain_id, marketplace, data_hash)
+def data_key_binding(chain_id: int, marketplace: str, data_hash: bytes, *, provider: str) -> Binding:
+    """A data key opens only for its ciphertext, listed by its provider, on this chain and Marketplace.
+
+    The provider is bound because a publish transaction is public before it is mined: without it,
+    anyone could copy the ciphertext hash and sealed key into their own listing, mined first, and be
+    paid for the provider's data.
+    """
+    owner = bytes.fromhex(provider.removeprefix("0x"))
+    if len(owner) != 20:
+        raise UsageError(f"provider must be a 20-byte address, got {provider!r}")
+    return Binding("data-key", chain_id, marketplace, data_hash + owner)
 
 
 def job_body_binding(chain_id: int, marketplace: str, *, consumer: str, consumer_key: bytes) -> Binding:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from sterling.errors import DatasetError
+from sterling.jsontext import MAX_DEPTH, too_deep
 
 MODALITIES = ("tabular", "image")
 #: What numpy and zipfile raise on a malformed .npz (found by fuzzing: a bad
@@ -150,6 +151,8 @@ class Dataset:
             raise DatasetError(f"{source}: not a canonical dataset ({type(exc).__name__})") from None
         if schema_raw.dtype != np.uint8 or schema_raw.ndim != 1:
             raise DatasetError(f"{source}: schema array is not JSON bytes")
+        if too_deep(schema_raw.tobytes()) is not None:
+            raise DatasetError(f"{source}: schema JSON nests deeper than {MAX_DEPTH} levels")
         try:
             doc = json.loads(schema_raw.tobytes().decode())
         except (UnicodeDecodeError, ValueError):

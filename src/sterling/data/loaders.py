@@ -212,6 +212,10 @@ def _load_npz(path: Path) -> Dataset:
         raise
     except NPZ_ERRORS as exc:
         raise DatasetError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
+    if x.ndim == 0 or y.ndim == 0:  # found by fuzzing: len() of a 0-d array raised TypeError
+        raise DatasetError(
+            f"{path}: features and labels must be arrays of rows, got shapes {x.shape} and {y.shape}"
+        )
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:

@@ -18,6 +18,11 @@ from sterling.chain.marketplace import Marketplace
 from sterling.crypto import signing
 from sterling.errors import ChainError, IntegrityError, UsageError
 
+#: Gas for one view call. A policy or credential check costs tens of thousands; the cap bounds how
+#: long one call can keep the worker outside the sandbox's wall clock, which runs only in wasm code
+#: (without it, one call to a view that loops ran for 20 s on the embedded EVM).
+CHAIN_CALL_GAS = 1_000_000
+
 #: ``name(type,...)(type,...)``: a function, its argument types and its return types.
 _SIGNATURE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\(([^()]*)\)\(([^()]*)\)$")
 _TYPES = re.compile(
@@ -77,7 +82,7 @@ class ChainHost:
             data = keccak(text=f"{name}({','.join(arg_types)})")[:4] + encode(arg_types, prepared)
         except (TypeError, ValueError, OverflowError) as exc:
             raise UsageError(f"chain_call: arguments do not fit {arg_types}: {exc}") from None
-        call = {"to": to_checksum_address(address), "data": "0x" + data.hex()}
+        call = {"to": to_checksum_address(address), "data": "0x" + data.hex(), "gas": CHAIN_CALL_GAS}
         raw = self.market.chain.transactor.call(
             lambda: self.market.chain.w3.eth.call(call),  # type: ignore[arg-type]
             name,

@@ -107,7 +107,9 @@ class KeyManager:
             )
         if listing.id not in job.listing_ids:
             raise EnclaveError(f"job {job_id} does not use listing {listing.id}: no data key is released")
-        binding = seal.data_key_binding(market.chain.chain_id, market.address, listing.data_hash)
+        binding = seal.data_key_binding(
+            market.chain.chain_id, market.address, listing.data_hash, provider=listing.provider
+        )
         try:
             return seal.unseal(listing.sealed_key, self._private, binding)
         except IntegrityError as exc:

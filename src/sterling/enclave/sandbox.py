@@ -210,7 +210,10 @@ def warm_up() -> None:
 
 
 def _parse(source: str) -> ast.Module:
-    size = len(source.encode("utf-8"))
+    try:
+        size = len(source.encode("utf-8"))
+    except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from JSON's "\ud800" (found by fuzzing)
+        raise ContractError("syntax", f"character {exc.start + 1} is not valid Unicode text") from None
     if size > MAX_SOURCE_BYTES:
         raise ContractError("oversized", f"source is {size} bytes; the limit is {MAX_SOURCE_BYTES}")
     try:

@@ -142,11 +142,23 @@ def _appraise(job: Job, data: Split, model: torch.nn.Module, parts: int) -> tupl
     """
     if not (job.release.appraisal_values and not data.eval_is_private):
         return RowShare().fit(model, _appraisal_data(job, data, parts)), 0.0
-    from sterling.appraisal.release import PrivateInfluence
+    from sterling.appraisal.release import NETWORK_ITERATIONS, NETWORK_TOL, PrivateInfluence
+    from sterling.appraisal.solvers import ConjugateGradient
 
     # Half the appraisal ε releases these values, half the screening of labels (`_screen`).
     epsilon = job.release.appraisal_epsilon / 2
-    appraiser = PrivateInfluence(clip=job.training.clipping_norm, epsilon=epsilon)
+    # An MLP is valued over every parameter (CG on the validation loss's Gauss-Newton matrix): it
+    # ranked providers better than its last layer, in well under a second. A CNN keeps the last
+    # layer: on the demo's CNN the full release took minutes on this machine and did not rank a
+    # fake provider lower, while the last layer caught a pixel-noise seller (docs/appraisal.md).
+    # Logistic regression keeps its exact head solve either way.
+    convolutional = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    appraiser = PrivateInfluence(
+        clip=job.training.clipping_norm,
+        epsilon=epsilon,
+        cg=ConjugateGradient(tol=NETWORK_TOL, max_iter=NETWORK_ITERATIONS),
+        head_only=convolutional,
+    )
     result = appraiser.fit(model, _appraisal_data(job, data, parts))
     return result, -2 * math.sqrt(2) * appraiser.scale
 

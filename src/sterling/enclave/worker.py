@@ -43,7 +43,15 @@ from sterling.enclave.heartbeat import Heartbeat, LeaseLost
 from sterling.enclave.host import ChainHost
 from sterling.enclave.keymanager import KeyManager, worker_account
 from sterling.enclave.tee import SIMULATION_WARNING, TeeBackend
-from sterling.errors import ChainError, ContractError, ContractRevert, EnclaveError, SterlingError
+from sterling.errors import (
+    ChainError,
+    ContractError,
+    ContractRevert,
+    EnclaveError,
+    IntegrityError,
+    NotFound,
+    SterlingError,
+)
 from sterling.privacy import accountant
 from sterling.privacy.job import Job as JobBody
 from sterling.privacy.verifier import ListingView, verify
@@ -407,18 +415,30 @@ class Worker:
             )
             problem = judge(self.sandbox, source, request, host=host)
             if problem is not None:
-                raise JobRefused(f"listing {listing.id}'s {problem}")
+                raise JobRefused(f"listing {listing.id}: {problem}")
         self.log(f"job {job.id}: every provider contract accepts")
 
     def _decrypt(self, job_id: int, listing: Listing, manifest: dict[str, Any]) -> Dataset:
-        key = self.keys.data_key(self.market, job_id, listing, worker=self.address)
+        try:
+            key = self.keys.data_key(self.market, job_id, listing, worker=self.address)
+        except IntegrityError as exc:  # sealed for another listing, provider, chain or enclave
+            raise JobRefused(str(exc)) from None
         uri = str((manifest.get("ciphertext") or {}).get("uri", ""))
         try:
             plain = container.decrypt_bytes(fetch_verified(uri, listing.data_hash), key)
             dataset = Dataset.from_bytes(plain, source=f"listing {listing.id}")
         except (SterlingError, OSError) as exc:
+            # The chain keeps 256 bytes of reason: the blob's name and what is wrong with it come
+            # first, in a few words, and the URI (which can be long) last.
+            if isinstance(exc, NotFound):
+                why = "no blob there"
+            elif isinstance(exc, IntegrityError) and "content hash differs" in str(exc):
+                why = "corrupt: its content hash differs from the published one"
+            else:
+                why = str(exc)
             raise JobRefused(
-                f"listing {listing.id}: its data is missing or corrupt in storage ({exc})"
+                f"listing {listing.id} (blob {listing.data_hash.hex()}): its data is missing or corrupt "
+                f"in storage: {why} ({uri})"
             ) from None
         if dataset.schema != Schema.from_json(manifest["schema"]):
             raise JobRefused(f"listing {listing.id}: its data does not match the schema it was listed with")

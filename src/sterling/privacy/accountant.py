@@ -31,6 +31,13 @@ absl_logging.set_verbosity(absl_logging.ERROR)
 REPORT_DISCRETIZATION = 1e-4
 #: PLD grid while searching for a noise multiplier (coarser, still an upper bound).
 SEARCH_DISCRETIZATION = 1e-3
+#: The largest ε accounted for. Above it a run protects no one, and PLD's memory and time grow
+#: with ε (found by fuzzing the verifier: σ = 0.1, q = 0.8, 60 steps is ε ≈ 3000 and took 2 GB
+#: and 23 s; σ = 0.001 asked numpy for 38 GiB). RDP, an upper bound, is cheap and is checked first.
+MAX_EPSILON = 100.0
+#: What dp-accounting raises on parameters at the edge of floating point (a σ of 1e300 or
+#: 1e-300, a δ of 1e-300): the accountant answers with a UsageError naming the parameters.
+_NUMERIC_ERRORS = (ValueError, OverflowError, ZeroDivisionError, FloatingPointError)
 
 
 @dataclass(frozen=True)
@@ -82,9 +89,30 @@ def rdp_epsilon(params: DpSgdParams) -> float:
     return float(acc.get_epsilon(params.delta))
 
 
+def _describe(params: DpSgdParams) -> str:
+    return (
+        f"σ = {params.noise_multiplier:g}, q = {params.sample_rate:g}, "
+        f"{params.steps} steps, δ = {params.delta:g}"
+    )
+
+
 def epsilon(params: DpSgdParams) -> Epsilon:
-    """(ε under PLD, ε under RDP) for the DP-SGD run `params` describes."""
-    return Epsilon(pld=pld_epsilon(params), rdp=rdp_epsilon(params), delta=params.delta)
+    """(ε under PLD, ε under RDP) for the DP-SGD run `params` describes.
+
+    Refused (UsageError) when the RDP bound passes `MAX_EPSILON`, before PLD is built.
+    """
+    try:
+        bound = rdp_epsilon(params)
+        if not bound <= MAX_EPSILON:
+            raise UsageError(
+                f"{_describe(params)} gives ε up to {bound:.4g} (RDP); Sterling accounts for "
+                f"ε ≤ {MAX_EPSILON:g}: add noise or take fewer steps"
+            )
+        return Epsilon(pld=pld_epsilon(params), rdp=bound, delta=params.delta)
+    except UsageError:
+        raise
+    except _NUMERIC_ERRORS as exc:
+        raise UsageError(f"the accountant cannot compute ε for {_describe(params)}: {exc}") from None
 
 
 @lru_cache(maxsize=256)
@@ -95,9 +123,22 @@ def calibrate_noise(*, target_epsilon: float, sample_rate: float, steps: int, de
     on the reporting grid and nudged up until it does not overshoot, so the
     reported ε of the returned multiplier is never above the target.
     """
-    if not target_epsilon > 0:
-        raise UsageError(f"target epsilon must be > 0, got {target_epsilon}")
+    if not 0 < target_epsilon <= MAX_EPSILON:
+        raise UsageError(f"target epsilon must be > 0 and ≤ {MAX_EPSILON:g}, got {target_epsilon}")
     DpSgdParams(1.0, sample_rate, steps, delta)  # validates the other arguments
+    try:
+        return _calibrate(target_epsilon, sample_rate, steps, delta)
+    except UsageError:
+        raise
+    except _NUMERIC_ERRORS:
+        raise UsageError(
+            f"no noise multiplier between 0.05 and 1000 reaches ε ≤ {target_epsilon:g} with q = "
+            f"{sample_rate:g}, {steps} steps, δ = {delta:g}"
+        ) from None
+
+
+def _calibrate(target_epsilon: float, sample_rate: float, steps: int, delta: float) -> float:
+    """`calibrate_noise` once its arguments are valid (dp-accounting may still fail on them)."""
 
     def make_event(sigma: float) -> dpa.DpEvent:
         return DpSgdParams(sigma, sample_rate, steps, delta).event()

@@ -145,6 +145,33 @@ def infer_shapes(graph: ModelGraph, shape: Shape) -> list[Shape]:
     return out
 
 
+#: The most trainable parameters a job's model may have. DP-SGD keeps per-example quantities for
+#: every sampled row, so a model far past this (a 65,536-wide linear layer has billions) would
+#: exhaust the enclave's memory mid-job instead of being refused before any data is touched.
+MAX_PARAMETERS = 10_000_000
+
+
+def parameter_count(graph: ModelGraph, shape: Shape) -> int:
+    """Trainable parameters of `graph` on per-example inputs of `shape` (shapes must infer)."""
+    shapes = [shape, *infer_shapes(graph, shape)]
+    total = 0
+    for layer, before in zip(graph.layers, shapes, strict=False):
+        if isinstance(layer, Linear):
+            total += (before[0] + 1) * layer.out
+        elif isinstance(layer, Conv2d):
+            total += (before[0] * layer.kernel * layer.kernel + 1) * layer.out
+        elif isinstance(layer, GroupNorm | LayerNorm):
+            total += 2 * before[0] if isinstance(layer, GroupNorm) else 2 * _size(before)
+    return total
+
+
+def _size(shape: Shape) -> int:
+    size = 1
+    for d in shape:
+        size *= d
+    return size
+
+
 def output_problem(graph: ModelGraph, final: Shape, classes: int) -> str | None:
     """Why the last layer cannot produce this task's output, or None."""
     want = 1 if graph.loss == "logistic" else classes

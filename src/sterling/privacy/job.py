@@ -18,12 +18,19 @@ from sterling.privacy.graph import ModelGraph
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or NaN: JSON has neither, so a job holding one would not survive its own canonical
+    # encoding (pydantic writes inf as null); found by fuzzing, like the bound on ε below.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+#: The most ε a job may reserve on one listing: far past any meaningful budget, and small enough
+#: that micro-ε and the prices computed from it stay exact integers (1e308 overflowed them).
+MAX_ASK_EPSILON = 1e6
 
 
 class ListingAsk(_Strict):
     listing_id: int = Field(gt=0)
-    epsilon: float = Field(gt=0, description="ε reserved on this listing's budget")
+    epsilon: float = Field(gt=0, le=MAX_ASK_EPSILON, description="ε reserved on this listing's budget")
 
 
 class Training(_Strict):
@@ -130,9 +137,14 @@ class Job(_Strict):
         return hashlib.sha256(self.canonical()).digest()
 
     def public_view(self) -> dict[str, Any]:
-        """What a provider's contract may read of the job: everything but the consumer's own contract."""
+        """What a provider's contract may read of the job: all but the consumer's contract and validation set.
+
+        A provider contract's refusal reason goes on chain, so whatever it can read can be made
+        public; the validation set is stored as is, so where it is must stay inside the enclave.
+        """
         doc = self.model_dump(mode="json")
         doc.pop("contract", None)
+        doc["evaluation"].pop("validation_uri", None)
         doc["model_family"] = self.model.family
         return doc
 

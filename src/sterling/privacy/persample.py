@@ -303,3 +303,53 @@ def clipped_sum(
         else:
             summed.extend(factor @ pg.reshape(b, -1) for pg in grads)
     return summed, losses.detach()
+
+
+def _dot_rule(
+    kept: _Kept, g: torch.Tensor, grads: list[torch.Tensor] | None, tangents: list[torch.Tensor]
+) -> torch.Tensor:
+    """∇_iᵀu per example for one layer, u its share of the direction (weight, then bias)."""
+    b = g.shape[0]
+    if grads is not None:
+        out = torch.zeros(b, dtype=g.dtype, device=g.device)
+        for pg, u in zip(grads, tangents, strict=True):
+            out = out + pg.reshape(b, -1, u.numel()).sum(dim=1) @ u.reshape(-1).to(pg.dtype)
+        return out
+    # The ghost rule kept no per-example gradient: ∇_iᵀu is the layer's output moved along u (the
+    # layer is linear in its parameters) against the gradient at that output, one more forward call.
+    m, a = kept.module, kept.a
+    weight, bias = tangents[0], (tangents[1] if len(tangents) > 1 else None)
+    if isinstance(m, nn.Linear):
+        moved = nn.functional.linear(a, weight, bias)
+    else:
+        assert isinstance(m, nn.Conv2d)
+        moved = nn.functional.conv2d(a, weight, bias, m.stride, m.padding, m.dilation, m.groups)
+    return (moved * g).reshape(b, -1).sum(dim=1)
+
+
+def norms_and_dots(
+    model: nn.Sequential,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    direction: list[torch.Tensor],
+    *,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """‖∇ loss_i‖ and ∇ loss_iᵀu for every example, u given per parameter in `model.parameters()` order.
+
+    The same forward and backward pass and the same per-layer rules as `clipped_sum`, so the norms
+    are the ones DP-SGD clips by; the appraisal's private release uses them to score rows.
+    """
+    share = {id(p): u for p, u in zip(model.parameters(), direction, strict=True)}
+    kept: list[_Kept] = []
+    losses = loss_fn(forward(model, x, kept), y)
+    grads_out = torch.autograd.grad(losses.sum(), [k.out for k in kept])
+    sq = torch.zeros(len(x), dtype=losses.dtype, device=x.device)
+    dots = torch.zeros(len(x), dtype=losses.dtype, device=x.device)
+    for k, g in zip(kept, grads_out, strict=True):
+        layer_sq, grads = _norm_rule(k, g)
+        sq = sq + layer_sq
+        tangents = [share[id(p)] for p in k.module.parameters(recurse=False)]
+        if tangents:
+            dots = dots + _dot_rule(k, g, grads, tangents)
+    return sq.sqrt().detach(), dots.detach()

@@ -20,7 +20,15 @@ from typing import Any
 from sterling.data.dataset import Schema
 from sterling.errors import UsageError
 from sterling.privacy import accountant
-from sterling.privacy.graph import BatchNorm, ShapeProblem, infer_shapes, input_shape, output_problem
+from sterling.privacy.graph import (
+    MAX_PARAMETERS,
+    BatchNorm,
+    ShapeProblem,
+    infer_shapes,
+    input_shape,
+    output_problem,
+    parameter_count,
+)
 from sterling.privacy.job import Job
 
 MICRO = 10**6
@@ -124,6 +132,18 @@ def verify(job: Job, listings: dict[int, ListingView]) -> Report:
         problem = output_problem(job.model, shapes[-1], len(first.classes))
         if problem:
             add(Violation("model", problem, field=f"model.layers.{len(job.model.layers) - 1}"))
+        size = parameter_count(job.model, input_shape(first.shape, first.modality))
+        if size > MAX_PARAMETERS:
+            add(
+                Violation(
+                    "model",
+                    f"the model has {size:,} parameters, more than the enclave trains "
+                    f"({MAX_PARAMETERS:,}): use narrower layers or fewer of them",
+                    asked=size,
+                    allowed=MAX_PARAMETERS,
+                    field="model.layers",
+                )
+            )
     except ShapeProblem as exc:
         add(Violation("model", str(exc), field=f"model.layers.{exc.index}"))
 

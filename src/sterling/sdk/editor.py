@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sterling.chain.marketplace import Marketplace
+from sterling.jsontext import MAX_DEPTH, line_column, too_deep
 from sterling.privacy.job import Job
 from sterling.privacy.verifier import Report, Violation, verify
 from sterling.sdk.consumer import listing_views
@@ -43,6 +44,11 @@ class TextReport:
 
 def check_text(market: Marketplace, text: str, *, consumer: str | None) -> TextReport:
     """Parse and verify a job's text against the chain's listings (prices quoted to `consumer`)."""
+    deep = too_deep(text)
+    if deep is not None:
+        line, column = line_column(text, deep)
+        message = f"nested deeper than {MAX_DEPTH} levels"
+        return TextReport(None, parse_error={"message": message, "line": line, "column": column})
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -1,8 +1,8 @@
 """The provider's side of publishing: seal a dataset, store it, list it on chain.
 
 A dataset leaves the provider's machine only as ciphertext, and its key only
-sealed (HPKE) to an attested enclave, bound to this chain, this Marketplace
-and this ciphertext. The listing's `data_uri` points at a small public
+sealed (HPKE) to an attested enclave, bound to this chain, this Marketplace,
+this ciphertext and this provider. The listing's `data_uri` points at a small public
 manifest (schema, where the ciphertext is, the provider contract), which is
 itself content-addressed; the ciphertext's sha256 is the listing's data hash
 and keys its privacy budget.
@@ -228,7 +228,9 @@ def publish(
 ) -> Published:
     """Seal the data key to `enclave` and publish the listing in one transaction."""
     chain_terms, budget, delta = terms.to_chain()
-    binding = seal.data_key_binding(market.chain.chain_id, market.address, sealed.ciphertext.sha256)
+    binding = seal.data_key_binding(
+        market.chain.chain_id, market.address, sealed.ciphertext.sha256, provider=provider.address
+    )
     sealed_key = seal.seal(sealed.data_key, enclave.hpke_public_key, binding)
     contract_hash = sealed.contract.sha256 if sealed.contract else None
     listing_id = market.publish(

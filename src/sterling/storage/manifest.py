@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sterling.errors import IntegrityError
+from sterling.data.dataset import Schema
+from sterling.errors import DatasetError, IntegrityError
+from sterling.jsontext import MAX_DEPTH, too_deep
 from sterling.storage.blobs import fetch_verified
 
 MANIFEST_FORMAT = "sterling.listing-manifest/1"
@@ -27,9 +29,55 @@ def read_manifest(data_uri: str) -> dict[str, Any]:
     if len(digest) != 32:
         raise IntegrityError(f"manifest URI does not end in its sha256: {data_uri}")
     try:
-        doc = json.loads(fetch_verified(data_uri, digest))
+        raw = fetch_verified(data_uri, digest)
+    except (ValueError, ImportError) as exc:  # fsspec: an unknown protocol, or its package missing
+        raise IntegrityError(f"manifest URI {data_uri} cannot be read: {exc}") from None
+    if too_deep(raw) is not None:
+        raise IntegrityError(f"{data_uri} nests deeper than {MAX_DEPTH} levels: not a listing manifest")
+    try:
+        doc = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
         raise IntegrityError(f"{data_uri} is not JSON") from None
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
         raise IntegrityError(f"{data_uri} is not a Sterling listing manifest")
+    problems = _problems(doc)
+    if problems:
+        raise IntegrityError(f"{data_uri} is not a valid listing manifest: " + "; ".join(problems))
     return doc
+
+
+def _problems(doc: dict[str, Any]) -> list[str]:
+    """What is malformed in the fields readers use: a provider's own client may publish anything,
+    and one broken manifest failed the whole market page (found by fuzzing)."""
+    problems = []
+    try:
+        Schema.from_json(doc.get("schema"))
+    except DatasetError as exc:
+        problems.append(f"schema: {exc}")
+    problems += [f"{key} must be text" for key in ("name", "description") if not _is(doc.get(key), str)]
+    terms = doc.get("terms")
+    if not _is(terms, dict):
+        problems.append("terms must be an object")
+    elif terms:
+        families = terms.get("allowed_model_families")
+        if families is not None and not (
+            isinstance(families, list) and all(isinstance(f, str) for f in families)
+        ):
+            problems.append("terms.allowed_model_families must be a list of names")
+        fee = terms.get("appraisal_fee_wei")
+        if fee is not None and (isinstance(fee, bool) or not isinstance(fee, int) or fee < 0):
+            problems.append("terms.appraisal_fee_wei must be a whole number of wei ≥ 0")
+    for key in ("ciphertext", "contract", "preview"):
+        ref = doc.get(key)
+        if ref is not None and not (isinstance(ref, dict) and isinstance(ref.get("uri"), str)):
+            problems.append(f"{key} must be an object with a uri")
+    counts = doc.get("class_counts")
+    if counts is not None and not (
+        isinstance(counts, dict) and all(type(n) is int and n >= 0 for n in counts.values())
+    ):
+        problems.append("class_counts must map class names to counts")
+    return problems
+
+
+def _is(value: Any, kind: type) -> bool:
+    return value is None or isinstance(value, kind)

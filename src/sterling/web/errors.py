@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from requests.exceptions import RequestException
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sterling.errors import (
     ChainError,
@@ -24,6 +25,7 @@ from sterling.errors import (
     SterlingError,
     UsageError,
 )
+from sterling.jsontext import MAX_DEPTH, too_deep
 
 
 class ApiError(Exception):
@@ -66,8 +68,51 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+class ShallowJson:
+    """Answers 400 to a request body nested deeper than `MAX_DEPTH`, before FastAPI parses it.
+
+    The standard JSON parser can crash the whole server on deep nesting (see sterling.jsontext;
+    found by fuzzing). Multipart uploads pass untouched: they are streamed and counted.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = dict(scope.get("headers") or ()).get(b"content-type", b"")
+        bodiless = scope.get("method") in ("GET", "HEAD", "OPTIONS")  # a GET may stream (events)
+        if scope["type"] != "http" or bodiless or kind.startswith(b"multipart/"):
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before sending its body
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        data = b"".join(chunks)
+        if too_deep(data) is not None:
+            refusal = JSONResponse(
+                body(f"the request body nests deeper than {MAX_DEPTH} levels"), status_code=400
+            )
+            await refusal(scope, receive, send)
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": data, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that give every error the one body shape."""
+    app.add_middleware(ShallowJson)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
