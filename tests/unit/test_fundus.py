@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,18 @@ def test_image_i_does_not_depend_on_n():
     big, small = render(300, seed=5), render(37, seed=5)
     np.testing.assert_array_equal(big.images[:37], small.images)
     np.testing.assert_array_equal(big.labels[:37], small.labels)
+
+
+def test_a_later_slice_and_parallel_drawing_give_the_same_images():
+    whole = render(300, seed=5)
+    tail = render(40, seed=5, first=260)
+    np.testing.assert_array_equal(whole.images[260:], tail.images)
+    np.testing.assert_array_equal(whole.grades[260:], tail.grades)
+    with ThreadPoolExecutor(2) as pool:  # the demo uses processes; the slicing is the same
+        parallel = generate(600, seed=5, pool=pool, slices=3)
+    assert parallel.to_bytes() == generate(600, seed=5).to_bytes()
+    with pytest.raises(UsageError, match="first must be at least 0"):
+        render(3, seed=5, first=-1)
 
 
 def test_shape_dtype_schema_and_class_names(batch):

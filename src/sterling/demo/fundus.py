@@ -22,7 +22,9 @@ Lesions are larger than anatomy would have them, so that some survive at
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,10 +98,15 @@ class FundusImages:
         return Dataset(self.images, self.labels, Schema("image", (h, w, c), "uint8", GRADES, n))
 
 
-def render(n: int, *, seed: int, config: FundusConfig = FundusConfig()) -> FundusImages:
-    """Draw `n` graded photographs; deterministic for (seed, config), image i independent of n."""
+def render(n: int, *, seed: int, config: FundusConfig = FundusConfig(), first: int = 0) -> FundusImages:
+    """Draw `n` graded photographs; deterministic for (seed, config), image i independent of n.
+
+    `first` skips ahead: the result is images first … first+n−1 of the seed's sequence.
+    """
     if n <= 0:
         raise UsageError(f"n must be positive, got {n}")
+    if first < 0:
+        raise UsageError(f"first must be at least 0, got {first}")
     cumulative = np.cumsum(config.grade_weights) / sum(config.grade_weights)
     images = np.empty((n, config.size, config.size, 3), dtype=np.uint8)
     grades = np.empty(n, dtype=np.int64)
@@ -107,7 +114,8 @@ def render(n: int, *, seed: int, config: FundusConfig = FundusConfig()) -> Fundu
     for start in range(0, n, CHUNK):
         layers = []
         for i in range(start, min(n, start + CHUNK)):
-            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(i,))))
+            key = np.random.SeedSequence(seed, spawn_key=(first + i,))
+            rng = np.random.Generator(np.random.PCG64(key))
             grade = min(int(np.searchsorted(cumulative, rng.random(), side="right")), len(GRADES) - 1)
             label = grade
             if rng.random() < config.label_noise:
@@ -128,9 +136,33 @@ def render(n: int, *, seed: int, config: FundusConfig = FundusConfig()) -> Fundu
     return FundusImages(images, grades, labels)
 
 
-def generate(n: int, *, seed: int, config: FundusConfig = FundusConfig()) -> Dataset:
-    """`n` synthetic fundus photographs labelled with the five DR grades, as a `Dataset`."""
-    return render(n, seed=seed, config=config).dataset()
+def generate(
+    n: int,
+    *,
+    seed: int,
+    config: FundusConfig = FundusConfig(),
+    pool: Executor | None = None,
+    slices: int = 2,
+) -> Dataset:
+    """`n` synthetic fundus photographs labelled with the five DR grades, as a `Dataset`.
+
+    With `pool` (of processes), the images are drawn in `slices` slices in parallel; each image
+    depends on (seed, its index) alone, so the result is the same.
+    """
+    if pool is None or slices < 2 or n < 2 * CHUNK:
+        return render(n, seed=seed, config=config).dataset()
+    cuts = [round(n * k / slices) for k in range(slices + 1)]
+    futures = [
+        pool.submit(render, b - a, seed=seed, config=config, first=a)
+        for a, b in itertools.pairwise(cuts)
+        if b > a
+    ]
+    parts = [f.result() for f in futures]
+    return FundusImages(
+        np.concatenate([p.images for p in parts]),
+        np.concatenate([p.grades for p in parts]),
+        np.concatenate([p.labels for p in parts]),
+    ).dataset()
 
 
 def sample_grid(path: Path, *, per_grade: int = 6, seed: int = 0, size: int = 64) -> Path:

@@ -82,9 +82,12 @@ def job_body(
     """The researcher's job: `family` on listings `ids`, ε `epsilon_per_run` per training run."""
     classes = len(pool.classes)
     rows = pool.rows
-    appraisal_eps = round(0.1 * epsilon_per_run, 6)
-    reserved = round(2 * epsilon_per_run + appraisal_eps + 0.05, 4)
     cnn = family == "cnn"
+    # Half the appraisal ε screens labels: at 0.45 the CNN's screen flags the noise seller's 129
+    # RetinaMNIST rows on the pilot model (at 0.15 it missed them; docs/retinopathy-data.md).
+    appraisal_eps = round((0.3 if cnn else 0.1) * epsilon_per_run, 6)
+    # An upper bound: two whole runs. The verifier's own count (pilot and one run) is lower.
+    reserved = round(2 * epsilon_per_run + appraisal_eps + 0.05, 4)
     return Job.parse(
         {
             "name": f"diabetic retinopathy grading ({family})",
@@ -118,6 +121,10 @@ def job_body(
                 "appraisal_epsilon": appraisal_eps,
                 "retrain_without_dropped": True,
                 "drop_flagged": True,
+                # Appraise on the first half of the run, then train the released model: 1.5 runs
+                # instead of 2 when the noise seller is dropped, 1 when no one is. At 0.3 the pilot
+                # model was too weak for the screen to flag the noise seller (docs/retinopathy-data.md).
+                "pilot_fraction": 0.5,
             },
             # No keep() hook: on these small DP models the influence values are too noisy to drop
             # anyone by; the researcher drops what the enclave's label screen flags as fake instead.

@@ -21,10 +21,12 @@ A second run in the same state folder continues the same market.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -98,12 +100,15 @@ def load_data(options: DemoOptions) -> Split:
     # thousand images in a minute (docs/retinopathy-data.md).
     config = FundusConfig(lesion_scale=DEMO_LESION_SCALE)
     n = options.images
-    return Split(
-        "synthetic",
-        generate(n, seed=options.seed, config=config),
-        generate(max(100, n // 10), seed=options.seed + 1, config=config),
-        generate(max(200, n // 5), seed=options.seed + 2, config=config),
-    )
+    # Drawn on both cores: 4,680 images took 11.7 s in this process alone. Spawned, not forked:
+    # this process already runs threads (the enclave worker) and PyTorch.
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return Split(
+            "synthetic",
+            generate(n, seed=options.seed, config=config, pool=pool),
+            generate(max(100, n // 10), seed=options.seed + 1, config=config, pool=pool),
+            generate(max(200, n // 5), seed=options.seed + 2, config=config, pool=pool),
+        )
 
 
 @dataclass(frozen=True)
@@ -435,8 +440,9 @@ class Demo:
                 "listings": [{"listing_id": poorest, "epsilon": ask}],
                 "model": template("logistic_regression", classes=5).model_dump(mode="json"),
                 "training": {
-                    "epochs": 5,
-                    "expected_batch_size": 8,
+                    # Few steps: calibrating σ for 470 steps of batch 8 took the verifier seconds.
+                    "epochs": 2,
+                    "expected_batch_size": 64,
                     "target_epsilon": ask * 0.9,
                     "delta": DELTA,
                 },

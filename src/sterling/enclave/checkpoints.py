@@ -12,6 +12,7 @@ leaves the enclave with the model: it is the DP model's learning curve.
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import dataclass, field
 
 import torch
@@ -62,6 +63,17 @@ class Checkpoints:
             self._score(model, last_step)
         if self._best is not None:
             model.load_state_dict(self._best)
+
+    def best_copy(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A copy of `model` with the best weights scored so far (`model` itself if none were).
+
+        The run can go on from `model`; the copy is for looking at (appraisal of a pilot).
+        """
+        if self._best is None:
+            return model
+        copy = deepcopy(model)
+        copy.load_state_dict(self._best)
+        return copy
 
     def to_json(self) -> dict[str, object]:
         return {"rule": self.by, "selected_step": self.best_step, "curve": self.curve}

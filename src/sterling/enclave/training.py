@@ -203,41 +203,68 @@ def train(
     data = split(job, datasets, validation)
     sigma, q, steps = float(summary["noise_multiplier"]), float(summary["sample_rate"]), int(summary["steps"])
     runs = int(summary.get("training_runs", 1))
+    # Retraining appraises the first run's first `pilot` steps (all of them by default).
+    pilot = int(summary.get("pilot_steps") or steps) if runs == 2 else steps
     release_eps = _release_epsilon(job, data.eval_is_private)
     reserved = reserved_epsilon if reserved_epsilon is not None else min(a.epsilon for a in job.listings)
-    per_run_limit = (reserved - release_eps) / runs
-    if per_run_limit <= 0:
+    budget = reserved - release_eps  # for training, all runs together
+    if budget <= 0:
         raise UsageError(f"releasing metrics and values costs ε {release_eps:g}, the whole reservation")
     parts = len(datasets)
 
+    def pld(n: int) -> float:
+        return accountant.pld_epsilon(accountant.DpSgdParams(sigma, q, n, t.delta)) if n else 0.0
+
     pickers: list[Checkpoints] = []
 
-    def run(x: torch.Tensor, y: torch.Tensor, offset: int) -> tuple[DPSGD, Any]:
+    def start(offset: int) -> tuple[DPSGD, Checkpoints | None]:
         engine = _engine(job, data, summary, offset)
         # The verifier allows a choice of checkpoint only on the consumer's own validation set.
         picker = None
         if job.evaluation.checkpoint != "last" and not data.eval_is_private and len(data.y_eval):
             rule, per_epoch = job.evaluation.checkpoint, max(1, round(1 / q))
             picker = Checkpoints(data.x_eval, data.y_eval, job.model.loss, rule, per_epoch)
+            pickers.append(picker)
+        return engine, picker
+
+    def run(
+        engine: DPSGD,
+        picker: Checkpoints | None,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        limit: float,
+        until: int | None,
+        shown: Callable[[int], tuple[int, int]],
+    ) -> Any:
+        """Train `engine` on (x, y) up to step `until`; `shown(step)` is (done, planned) for progress."""
 
         def on_step(log: Any) -> None:
             if progress is not None:
-                progress(offset * steps + log.step, runs * steps)
+                progress(*shown(log.step))
             if picker is not None:
                 picker.seen(engine.model, log.step)
 
-        fitted = engine.fit(x, y, epsilon_limit=per_run_limit, delta=t.delta, on_step=on_step)
-        if picker is not None:
-            picker.restore(engine.model, fitted.steps)
-            pickers.append(picker)
-        return engine, fitted
+        return engine.fit(x, y, epsilon_limit=limit, delta=t.delta, on_step=on_step, until=until)
 
-    def pld(n: int) -> float:
-        return accountant.pld_epsilon(accountant.DpSgdParams(sigma, q, n, t.delta)) if n else 0.0
-
-    engine, first = run(data.x_train, data.y_train, 0)
-    appraisal, flag_below = _appraise(job, data, engine.model, parts)
-    screening = _screen(job, data, engine.model, parts)
+    # Progress counts the pilot and a second run while a second run may follow; a pilot that
+    # continues into its own run's end counts that one run.
+    both = pilot + steps
+    engine, picker = start(0)
+    first = run(
+        engine,
+        picker,
+        data.x_train,
+        data.y_train,
+        # A retraining job keeps room for a whole second run; one run may use everything.
+        limit=budget - pld(steps) if runs == 2 else budget,
+        until=pilot if runs == 2 else None,
+        shown=lambda n: (n, both if runs == 2 else steps),
+    )
+    # Appraisal looks at the best model so far (by the consumer's validation set, as released).
+    looked_at = picker.best_copy(engine.model) if picker is not None else engine.model
+    appraisal, flag_below = _appraise(job, data, looked_at, parts)
+    screening = _screen(job, data, looked_at, parts)
     # Fake data is flagged by the label screen. The influence values are too noisy on a weak DP
     # model to flag anyone by themselves (measured: an honest provider's value fell below two
     # standard deviations of its noise in the demo's small market); the consumer's keep() sees them.
@@ -248,19 +275,41 @@ def train(
         kept = [lid in chosen for lid in listing_ids]
     if job.release.drop_flagged:
         kept = [k and not f for k, f in zip(kept, flagged, strict=True)]
-    eps_first = pld(first.steps)
-    eps_per_listing = [eps_first + release_eps] * parts
-    final, fitted = engine, first
+    final, fitted, trained_steps = engine, first, first.steps
     if runs == 2 and not all(kept):
         rows = torch.from_numpy(np.isin(data.owner, [i for i, k in enumerate(kept) if k]))
         if not bool(rows.any()):
             raise UsageError("the consumer's contract dropped every provider: nothing left to train on")
-        final, fitted = run(data.x_train[rows], data.y_train[rows], 1)
-        eps_per_listing = [
-            e + (pld(fitted.steps) if k else 0.0) for e, k in zip(eps_per_listing, kept, strict=True)
-        ]
-    elif not all(kept):
-        kept = [True] * parts  # no retraining: the final model used every provider's data
+        spent = pld(first.steps)
+        final, picker = start(1)
+        fitted = run(
+            final,
+            picker,
+            data.x_train[rows],
+            data.y_train[rows],
+            limit=budget - spent,
+            until=None,
+            shown=lambda n: (first.steps + n, both),
+        )
+        trained_steps = first.steps + fitted.steps
+        eps_per_listing = [spent + release_eps + (pld(fitted.steps) if k else 0.0) for k in kept]
+    else:
+        kept = [True] * parts  # the final model used every provider's data
+        if first.steps < steps:
+            # No one was dropped: the pilot goes on to its run's end; one run, one ε.
+            fitted = run(
+                engine,
+                picker,
+                data.x_train,
+                data.y_train,
+                limit=budget,
+                until=None,
+                shown=lambda n: (n, steps),
+            )
+            trained_steps = fitted.steps
+        eps_per_listing = [pld(fitted.steps) + release_eps] * parts
+    if picker is not None:
+        picker.restore(final.model, fitted.steps)
     attribution = None
     if job.release.attribution_epsilon > 0:
         from sterling.appraisal import attribution as attr
@@ -299,6 +348,9 @@ def train(
         "steps": fitted.steps,
         "steps_planned": steps,
         "training_runs": 1 if final is engine else 2,
+        # Every step trained, the pilot's included: what the enclave's progress counted.
+        "steps_run": trained_steps,
+        "pilot_steps": pilot if runs == 2 else None,
         "stopped_by_budget": fitted.stopped_by_budget,
         "noise_multiplier": sigma,
         "sample_rate": q,

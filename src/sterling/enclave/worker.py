@@ -480,8 +480,25 @@ class Worker:
             params = accountant.DpSgdParams(sigma, q, n, delta)
             return accountant.pld_epsilon(params, accountant.SEARCH_DISCRETIZATION)
 
-        # ε so far when `step` of all runs' steps are done (a second run composes with the first).
-        beat.plan(runs * steps, lambda step: pld(min(step, steps)) + pld(max(0, step - steps)))
+        def plan(planned: int) -> None:
+            """ε so far when `step` of `planned` steps are done: one run, or a first run (or its
+            pilot) of `planned - steps` steps and a second run that composes with it."""
+            first = planned - steps
+            if first <= 0:
+                beat.plan(planned, lambda step: pld(min(step, steps)))
+            else:
+                beat.plan(planned, lambda step: pld(min(step, first)) + pld(max(0, step - first)))
+
+        planned = [steps + int(summary.get("pilot_steps") or steps) if runs == 2 else steps]
+        plan(planned[0])
+
+        def progress(step: int, total: int) -> None:
+            # A pilot that drops no one goes on to its run's end: the plan shrinks to that one run.
+            if total != planned[0]:
+                planned[0] = total
+                plan(total)
+            beat.update(step)
+
         try:
             outcome = training.train(
                 body,
@@ -490,12 +507,12 @@ class Worker:
                 listing_ids=[a.listing_id for a in job.allocations],
                 validation=validation,
                 keep=self._keep_hook(job, body),
-                progress=lambda step, _steps: beat.update(step),
+                progress=progress,
                 reserved_epsilon=min(a.reserved for a in job.allocations) / MICRO,
             )
         except SterlingError as exc:
             raise JobRefused(f"training failed: {exc}") from None
-        done = int(outcome.info["training_runs"]) * steps
+        done = int(outcome.info["steps_run"])
         beat.plan(done, lambda _: outcome.epsilon_spent)
         beat.finish(done)
         return outcome

@@ -160,6 +160,8 @@ class DPSGD:
         self.sigma = noise_multiplier
         self.q = sample_rate
         self.steps = steps
+        #: Steps taken so far: `fit` can stop early (`until`) and a later `fit` continues the run.
+        self.taken = 0
         self.oblivious = oblivious
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -348,20 +350,27 @@ class DPSGD:
         epsilon_limit: float | None = None,
         delta: float = 1e-5,
         on_step: Callable[[StepLog], None] | None = None,
+        until: int | None = None,
     ) -> TrainResult:
-        """Train for `steps` steps, or fewer if the next would spend more than `epsilon_limit`."""
+        """Train for `steps` steps, or fewer if the next would spend more than `epsilon_limit`.
+
+        With `until`, stop after step `until` of the run; a later call continues the same run
+        (same noise stream, optimiser state and sampling), so the run's ε is that of all the
+        steps taken, `epsilon_limit` bounding the whole run. `result.steps` counts them all.
+        """
         x, y = x.to(self.device), y.to(self.device)
         allowed = self.steps
         if epsilon_limit is not None:
             allowed = max_steps_within(
                 epsilon_limit, noise_multiplier=self.sigma, sample_rate=self.q, delta=delta, upper=self.steps
             )
-        result = TrainResult(steps=0, stopped_by_budget=allowed < self.steps)
-        for t in range(allowed):
+        last = allowed if until is None else min(allowed, max(0, until))
+        result = TrainResult(steps=self.taken, stopped_by_budget=allowed < self.steps)
+        for t in range(self.taken, last):
             log = self.step(x, y)
             log.step = t + 1
             result.log.append(log)
-            result.steps = t + 1
+            result.steps = self.taken = t + 1
             if on_step is not None:
                 on_step(log)
         return result

@@ -86,6 +86,12 @@ class Release(_Strict):
     #: whom appraisal flags as fake: their labels agree with the DP model less than the consumer's own
     #: labels do (appraisal/screening.py).
     drop_flagged: bool = False
+    #: With `retrain_without_dropped`, appraise on a pilot, the first `pilot_fraction` of the
+    #: training steps, instead of on a whole first run. If appraisal drops no one, the same run
+    #: goes on to its end (one run: its ε is that of all its steps); if it drops anyone, the final
+    #: model trains afresh without them. The verifier counts the pilot's ε and one whole run.
+    #: 1 appraises a whole first run.
+    pilot_fraction: float = Field(default=1.0, gt=0, le=1)
     #: ε for serving predictions with per-prediction attribution (`sterling model predict`): each
     #: provider's summed last-layer gradients are kept in the enclave with Gaussian noise at this ε.
     #: 0 serves with the weights fixed at settlement instead.
@@ -125,6 +131,11 @@ class Job(_Strict):
             raise ValueError("evaluate on either a private holdout or your own validation set, not both")
         if self.release.retrain_without_dropped and not self.release.appraisal_values:
             raise ValueError("retrain_without_dropped needs appraisal_values: dropping follows appraisal")
+        if self.release.pilot_fraction < 1 and not self.release.retrain_without_dropped:
+            raise ValueError(
+                "release.pilot_fraction below 1 needs retrain_without_dropped: a pilot only appraises, "
+                "the final model is trained after it"
+            )
         ids = [a.listing_id for a in self.listings]
         if len(set(ids)) != len(ids):
             raise ValueError("each listing may appear once")

@@ -221,7 +221,18 @@ def verify(job: Job, listings: dict[int, ListingView]) -> Report:
     runs = 2 if rel.retrain_without_dropped else 1
     appraisal = rel.appraisal_epsilon if rel.appraisal_values else 0.0
     release = ev.metrics_epsilon + appraisal + rel.attribution_epsilon
-    total = runs * trained.eps.pld + release if trained is not None else None
+    # Retraining without dropped providers: the first run (or its pilot) and a whole second run.
+    pilot = pilot_steps(job, trained.steps) if trained is not None else None
+    pilot_eps = 0.0
+    if trained is not None and pilot is not None:
+        pilot_eps = (
+            trained.eps.pld
+            if pilot == trained.steps
+            else accountant.pld_epsilon(
+                accountant.DpSgdParams(trained.sigma, trained.sample_rate, pilot, t.delta)
+            )
+        )
+    total = trained.eps.pld + pilot_eps + release if trained is not None else None
 
     # ---- every listing's terms
     prices = {}
@@ -323,6 +334,8 @@ def verify(job: Job, listings: dict[int, ListingView]) -> Report:
         "delta": t.delta,
         "epsilon_training": {"pld": eps.pld, "rdp": eps.rdp},
         "training_runs": runs,
+        "pilot_steps": pilot,
+        "epsilon_pilot": pilot_eps if pilot is not None else None,
         "epsilon_metrics": ev.metrics_epsilon,
         "epsilon_appraisal": appraisal,
         "epsilon_attribution": rel.attribution_epsilon,
@@ -342,6 +355,13 @@ class _Trained:
     steps: int
     sigma: float
     eps: accountant.Epsilon
+
+
+def pilot_steps(job: Job, steps: int) -> int | None:
+    """Steps of the run appraisal looks at before the final model is trained, or None (no retraining)."""
+    if not job.release.retrain_without_dropped:
+        return None
+    return max(1, min(steps, math.ceil(job.release.pilot_fraction * steps)))
 
 
 def _training_privacy(job: Job, train_rows: int, rows: int, add: Any) -> _Trained | None:
