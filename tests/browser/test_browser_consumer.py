@@ -139,6 +139,10 @@ def test_assemble_verify_submit_and_watch_the_job(page: Page, market: Market, sh
         assert page.evaluate(PAINTED, chart) > 500, f"{chart} drew nothing"
     expect(page.locator("#job-event-table")).to_contain_text("JobCompleted")
     expect(page.locator("#job-event-table")).to_contain_text("Payout")
+    # δ reads as a probability, not as the chain's 10⁻¹⁸ fixed point.
+    submitted = page.locator('#job-event-table tr[data-event="JobSubmitted"] .args')
+    expect(submitted).to_contain_text("delta=0.00001")
+    expect(submitted).not_to_contain_text("delta=10000000000000")
     detail = market.api(f"/api/jobs/{job_id}")
     assert detail["state"] == "completed"
     shot(page, "job-completed")

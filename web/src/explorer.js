@@ -17,6 +17,8 @@ const WEI_ARG = /(^|_)(amount|price|escrow|paid|refunded|fee|value|wei)$/;
 function argText(k, v) {
   if (k.startsWith("micro_") && /^\d+$/.test(String(v))) return `${eps(Number(v) / 1e6)}`; // the chain counts micro-ε
   if (WEI_ARG.test(k) && /^\d+$/.test(String(v))) return eth(String(v));
+  // δ goes on chain in units of 10⁻¹⁸ (the ledger's fixed point): 10000000000000 is δ = 1e-5.
+  if (k === "delta" && /^\d+$/.test(String(v))) return String(Number((Number(v) / 1e18).toPrecision(6)));
   if (typeof v === "string" && v.startsWith("0x") && v.length > 20) return shortHex(v);
   if (typeof v === "object") return JSON.stringify(v);
   return String(v);
