@@ -18,6 +18,7 @@ import torch
 from sterling.data.dataset import Dataset
 from sterling.enclave.checkpoints import Checkpoints
 from sterling.enclave.metrics import macro_auc
+from sterling.privacy import persample
 from sterling.privacy.bundle import ModelBundle
 from sterling.privacy.dpsgd import build_module
 from sterling.privacy.features import to_model_input
@@ -54,7 +55,7 @@ def train_twin(
     """Train the job's model without privacy on `train`; its test scores and per-epoch curve."""
     torch.manual_seed(seed)
     shape = input_shape(train.schema.shape, train.schema.modality)
-    model = build_module(job.model, shape)
+    model = _fast_first_convolution(build_module(job.model, shape))
     x, y = to_model_input(train.features, shape), torch.from_numpy(train.labels)
     xt = to_model_input(test.features, shape)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -94,6 +95,28 @@ def train_twin(
     if picker is not None:
         picker.restore(model, epochs)
     return scores(_probs(model, xt, job), test.labels), curve
+
+
+class _ChannelsLastInput(torch.nn.Module):
+    """A convolution fed channels-last input, its output back in the default layout."""
+
+    def __init__(self, conv: torch.nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.conv(h.contiguous(memory_format=torch.channels_last)).contiguous()  # type: ignore[no-any-return]
+
+
+def _fast_first_convolution(model: torch.nn.Sequential) -> torch.nn.Sequential:
+    """The DP engine's own trick (`persample`), so that the twin is not the slower side: MKL runs a
+    convolution of 3 input channels faster on channels-last input (the demo CNN's twin step on 256
+    photographs: 63 against 84 ms, median of 15, warm); group norm after it wants the default layout.
+    """
+    for i, m in enumerate(model):
+        if isinstance(m, torch.nn.Conv2d) and m.in_channels <= persample.FEW_CHANNELS:
+            model[i] = _ChannelsLastInput(m)
+    return model
 
 
 def _probs(model: torch.nn.Module, x: torch.Tensor, job: Job) -> np.ndarray:
