@@ -89,6 +89,12 @@ class Split:
 
 
 def load_data(options: DemoOptions) -> Split:
+    """RetinaMNIST's splits from `options.data`, or synthetic photographs drawn for the demo.
+
+    The synthetic ones are drawn in two spawned processes, which import the caller's main
+    module: a script that runs the demo in-process needs the usual
+    ``if __name__ == "__main__":`` guard (the CLI and ``python -m sterling.cli`` have it).
+    """
     if options.data is not None:
         from sterling.demo.retinamnist import retinamnist_splits
 
