@@ -21,12 +21,10 @@ A second run in the same state folder continues the same market.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import shutil
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from sterling.chain.units import from_micro, to_delta
 from sterling.crypto.keys import derived_x25519
 from sterling.data.dataset import Dataset, Schema
 from sterling.demo import market as cast
+from sterling.demo.data import Split, load_data
 from sterling.demo.jobs import DELTA, JobRecord, job_body, job_json
 from sterling.demo.twin import Evaluation, evaluate, train_twin
 from sterling.enclave.contracts import example
@@ -56,7 +55,6 @@ from sterling.sdk.provider import ListingTerms, choose_enclave, publish, seal_da
 from sterling.storage.blobs import BlobStore
 
 RECORD = "demo.json"
-DEMO_LESION_SCALE = 3.0
 
 
 @dataclass(frozen=True)
@@ -78,43 +76,6 @@ class DemoOptions:
             )
         if not 500 <= self.images <= 100_000:
             raise UsageError(f"--images must be between 500 and 100000, got {self.images}")
-
-
-@dataclass
-class Split:
-    source: str
-    pool: Dataset  # shared out among the providers
-    validation: Dataset  # the consumer's own
-    test: Dataset  # the consumer's own
-
-
-def load_data(options: DemoOptions) -> Split:
-    """RetinaMNIST's splits from `options.data`, or synthetic photographs drawn for the demo.
-
-    The synthetic ones are drawn in two spawned processes, which import the caller's main
-    module: a script that runs the demo in-process needs the usual
-    ``if __name__ == "__main__":`` guard (the CLI and ``python -m sterling.cli`` have it).
-    """
-    if options.data is not None:
-        from sterling.demo.retinamnist import retinamnist_splits
-
-        parts = retinamnist_splits(options.data)
-        return Split("retinamnist", parts["train"], parts["val"], parts["test"])
-    from sterling.demo.fundus import FundusConfig, generate
-
-    # Lesions three times as frequent as the generator's default make a task a DP CNN learns from a few
-    # thousand images in a minute (docs/retinopathy-data.md).
-    config = FundusConfig(lesion_scale=DEMO_LESION_SCALE)
-    n = options.images
-    # Drawn on both cores: 4,680 images took 11.7 s in this process alone. Spawned, not forked:
-    # this process already runs threads (the enclave worker) and PyTorch.
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return Split(
-            "synthetic",
-            generate(n, seed=options.seed, config=config, pool=pool),
-            generate(max(100, n // 10), seed=options.seed + 1, config=config, pool=pool),
-            generate(max(200, n // 5), seed=options.seed + 2, config=config, pool=pool),
-        )
 
 
 @dataclass(frozen=True)
@@ -200,7 +161,7 @@ class Demo:
             thread = threading.Thread(target=worker.run, args=(stop,), name="enclave-worker", daemon=True)
             thread.start()
 
-            data = load_data(self.o)
+            data = load_data(self.o.data, images=self.o.images, seed=self.o.seed)
             specs = cast.providers(self.o.providers)
             record = self._record()
             continued = bool(reused and record and record.get("marketplace") == market.address)
