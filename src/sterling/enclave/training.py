@@ -215,8 +215,6 @@ def train(
     def pld(n: int) -> float:
         return accountant.pld_epsilon(accountant.DpSgdParams(sigma, q, n, t.delta)) if n else 0.0
 
-    pickers: list[Checkpoints] = []
-
     def start(offset: int) -> tuple[DPSGD, Checkpoints | None]:
         engine = _engine(job, data, summary, offset)
         # The verifier allows a choice of checkpoint only on the consumer's own validation set.
@@ -224,7 +222,6 @@ def train(
         if job.evaluation.checkpoint != "last" and not data.eval_is_private and len(data.y_eval):
             rule, per_epoch = job.evaluation.checkpoint, max(1, round(1 / q))
             picker = Checkpoints(data.x_eval, data.y_eval, job.model.loss, rule, per_epoch)
-            pickers.append(picker)
         return engine, picker
 
     def run(
@@ -249,7 +246,7 @@ def train(
 
     # Progress counts the pilot and a second run while a second run may follow; a pilot that
     # continues into its own run's end counts that one run.
-    both = pilot + steps
+    both = pilot + steps if runs == 2 else steps
     engine, picker = start(0)
     first = run(
         engine,
@@ -258,8 +255,8 @@ def train(
         data.y_train,
         # A retraining job keeps room for a whole second run; one run may use everything.
         limit=budget - pld(steps) if runs == 2 else budget,
-        until=pilot if runs == 2 else None,
-        shown=lambda n: (n, both if runs == 2 else steps),
+        until=pilot,  # the whole run unless retraining pilots it
+        shown=lambda n: (n, both),
     )
     # Appraisal looks at the best model so far (by the consumer's validation set, as released).
     looked_at = picker.best_copy(engine.model) if picker is not None else engine.model
@@ -360,7 +357,7 @@ def train(
         "metrics": metrics,
         "metrics_private": data.eval_is_private,
         # The final run's validation curve and the epoch released (the consumer's data: no ε).
-        "checkpoint": pickers[-1].to_json() if pickers else {"rule": "last"},
+        "checkpoint": picker.to_json() if picker is not None else {"rule": "last"},
         "train_rows": len(data.y_train),
         "appraisal": {
             "method": appraisal.method,

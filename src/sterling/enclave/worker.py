@@ -489,13 +489,14 @@ class Worker:
             else:
                 beat.plan(planned, lambda step: pld(min(step, first)) + pld(max(0, step - first)))
 
-        planned = [steps + int(summary.get("pilot_steps") or steps) if runs == 2 else steps]
-        plan(planned[0])
+        planned = steps + int(summary.get("pilot_steps") or steps) if runs == 2 else steps
+        plan(planned)
 
         def progress(step: int, total: int) -> None:
+            nonlocal planned
             # A pilot that drops no one goes on to its run's end: the plan shrinks to that one run.
-            if total != planned[0]:
-                planned[0] = total
+            if total != planned:
+                planned = total
                 plan(total)
             beat.update(step)
 

@@ -225,12 +225,9 @@ def verify(job: Job, listings: dict[int, ListingView]) -> Report:
     pilot = pilot_steps(job, trained.steps) if trained is not None else None
     pilot_eps = 0.0
     if trained is not None and pilot is not None:
-        pilot_eps = (
-            trained.eps.pld
-            if pilot == trained.steps
-            else accountant.pld_epsilon(
-                accountant.DpSgdParams(trained.sigma, trained.sample_rate, pilot, t.delta)
-            )
+        # The same cached PLD as the run's own ε when the pilot is the whole run.
+        pilot_eps = accountant.pld_epsilon(
+            accountant.DpSgdParams(trained.sigma, trained.sample_rate, pilot, t.delta)
         )
     total = trained.eps.pld + pilot_eps + release if trained is not None else None
 
