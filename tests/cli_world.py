@@ -22,6 +22,19 @@ STERLING = [sys.executable, "-m", "sterling.cli"]
 CONSUMER, PROVIDERS = "3", ("5", "6", "7")
 
 
+def first_json_line(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any] | None:
+    """The first line `proc` prints, as JSON; None if it exits or `timeout` passes first."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line:
+            return dict(json.loads(line))
+        if proc.poll() is not None:
+            return None
+    return None
+
+
 class Procs:
     """Processes a test starts; all are stopped at the end, whatever happens."""
 
@@ -48,14 +61,11 @@ class Procs:
         return proc
 
     def first_line(self, proc: subprocess.Popen[str], timeout: float = 60) -> dict[str, Any]:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if line:
-                return dict(json.loads(line))
-            if proc.poll() is not None:
-                raise AssertionError(f"process exited with {proc.returncode} before printing")
+        line = first_json_line(proc, timeout)
+        if line is not None:
+            return line
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} before printing")
         raise AssertionError("no output in time")
 
     def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:

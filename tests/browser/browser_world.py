@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from cli_world import first_json_line
+
 STERLING = [sys.executable, "-m", "sterling.cli"]
 FEATURES = 8
 #: JavaScript: how many pixels of the canvas with this id are drawn (a chart that drew nothing has none).
@@ -83,15 +85,10 @@ class Market:
         return proc
 
     def first_line(self, proc: subprocess.Popen[str], name: str, timeout: float = 120) -> dict[str, Any]:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if line:
-                return dict(json.loads(line))
-            if proc.poll() is not None:
-                break
-        raise AssertionError(f"{name} printed nothing: {(self.tmp / f'{name}.log').read_text()[-2000:]}")
+        line = first_json_line(proc, timeout)
+        if line is None:
+            raise AssertionError(f"{name} printed nothing: {(self.tmp / f'{name}.log').read_text()[-2000:]}")
+        return line
 
     def run(self, *args: str) -> dict[str, Any]:
         done = subprocess.run(

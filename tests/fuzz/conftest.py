@@ -34,26 +34,12 @@ def fuzz_site() -> Iterator[object]:
     Module-scoped so that hypothesis examples share it: each test checks that a refused request
     leaves it as it was.
     """
-    from fastapi.testclient import TestClient
-    from webworld import Site, make_world, tabular
-
-    from sterling.web.app import create_app
-    from sterling.web.context import WebContext
+    from webworld import make_world, serve, tabular
 
     with tempfile.TemporaryDirectory(prefix="sterling-fuzz-web-") as tmp:
         root = Path(tmp)
         world = make_world(root)
-        context = WebContext(
-            market=world.market,
-            store=world.store,
-            state_dir=world.state,
-            poll_seconds=0.05,
-            keepalive_seconds=0.2,
-        )
-        with TestClient(
-            create_app(context, static_dir=root / "static"), raise_server_exceptions=False
-        ) as client:
-            site = Site(world, context, client)
+        with serve(world, root / "static", raise_server_exceptions=False) as site:
             world.list_data(tabular(200, 1), provider=0)
             yield site
         world.chain.close()

@@ -6,26 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
-from webworld import Site, make_world, tabular
-
-from sterling.web.app import create_app
-from sterling.web.context import WebContext
+from webworld import Site, make_world, serve, tabular
 
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
     world = make_world(tmp_path)
-    context = WebContext(
-        market=world.market,
-        store=world.store,
-        state_dir=world.state,
-        poll_seconds=0.05,
-        keepalive_seconds=0.2,
-    )
-    static = tmp_path / "static"
-    with TestClient(create_app(context, static_dir=static)) as client:
-        yield Site(world, context, client)
+    with serve(world, tmp_path / "static") as site:
+        yield site
     world.chain.close()
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,23 @@ class Site:
         }
         form.update({k: str(v) for k, v in overrides.items()})
         return form
+
+
+@contextmanager
+def serve(world: World, static_dir: Path, *, raise_server_exceptions: bool = True) -> Iterator[Site]:
+    """The web app over `world`'s market, in a test client; the chain is the caller's to close."""
+    from sterling.web.app import create_app
+
+    context = WebContext(
+        market=world.market,
+        store=world.store,
+        state_dir=world.state,
+        poll_seconds=0.05,
+        keepalive_seconds=0.2,
+    )
+    app = create_app(context, static_dir=static_dir)
+    with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
+        yield Site(world, context, client)
 
 
 def npz_bytes(dataset: Dataset) -> bytes:
