@@ -67,6 +67,7 @@ from sterling.appraisal.influence import (
 )
 from sterling.appraisal.release import PrivateInfluence
 from sterling.appraisal.screening import LabelAgreement
+from sterling.crypto.entropy import SecretRandom
 from sterling.privacy import accountant
 from sterling.privacy.dpsgd import DPSGD, build_module
 from sterling.privacy.graph import template
@@ -174,6 +175,7 @@ def _dpsgd(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[nn.Module, floa
         steps=steps,
         learning_rate=0.5,
         seed=seed,
+        rng=SecretRandom.for_tests(seed),
         device="cpu",
     )
     engine.fit(x.float(), y)
@@ -320,13 +322,13 @@ def _noise_provider(seed: int, draws: int, epsilons: tuple[float, ...]) -> dict[
     }
     # The enclave's private fake-data screen (appraisal/screening.py) at half the demo's appraisal ε
     # (the other half releases the values): flagged by its reference test, on the same DP-SGD model.
-    screener = LabelAgreement(epsilon=DEMO_EPSILON / 2, rng=np.random.default_rng(4000 + seed))
+    screener = LabelAgreement(epsilon=DEMO_EPSILON / 2, rng=SecretRandom.for_tests(4000 + seed))
     screens = [screener.fit(dp_model, data).flagged() for _ in range(draws)]
     out["screening_caught"] = float(np.mean([f[honest] for f in screens]))
     out["screening_honest_flagged"] = float(np.mean([sum(f[:honest]) / honest for f in screens]))
     out["screening_noiseless"] = LabelAgreement(epsilon=None).fit(dp_model, data).flagged()[honest]
     for eps in epsilons:
-        mech = PrivateInfluence(clip=1.0, epsilon=eps, rng=np.random.default_rng(3000 + seed))
+        mech = PrivateInfluence(clip=1.0, epsilon=eps, rng=SecretRandom.for_tests(3000 + seed))
         exact_values = mech.noiseless(dp_model, data).per_provider
         out["private_noiseless"] = caught(exact_values)
         out[f"private_eps_{eps:g}"] = float(

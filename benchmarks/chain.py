@@ -112,6 +112,8 @@ def _lifecycle(m: Marketplace, listings: list[int], ctx: dict[str, Any], g: _Gas
             payouts=[10**15] * n,
             spent=[400_000] * n,
             weights=[1] * n,
+            receipt_hash=os.urandom(32),
+            receipt_uri="file:///receipt",
         ),
     )
     return 3
@@ -149,6 +151,19 @@ def gas_table(chain: Chain) -> dict[str, int]:
         lambda: m.report_progress(enclave, jid, step=100, steps=1000, micro_epsilon=250_000),
     )
     g.measure("fail_job", lambda: m.fail_job(enclave, jid, reason="verifier: epsilon above cap"))
+    jid = submit()
+    m.claim_job(enclave, jid)
+    g.measure(
+        "fail_job charged",
+        lambda: m.fail_job(
+            enclave,
+            jid,
+            reason="failed after training began",
+            spent=[50_000],
+            receipt_hash=os.urandom(32),
+            receipt_uri="file:///receipt",
+        ),
+    )
     g.measure("pay_for_predictions[4]", lambda: m.pay_for_predictions(consumer, 2, count=100, value=10**15))
     weights = [4, 3, 2, 1]
     batch = os.urandom(32)

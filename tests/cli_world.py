@@ -178,7 +178,11 @@ def write_job(procs: Procs, template: str, listings: list[int], steps: int, name
     """The job `sterling job template` printed, over `listings` (ε 1 each), trained for `steps`."""
     doc = json.loads(template)
     doc["listings"] = [{"listing_id": lid, "epsilon": 1.0} for lid in listings]
-    doc["training"].update({"steps": steps, "epochs": None, "learning_rate": 1.0, "optimizer": "momentum"})
+    # Larger, plain steps: under replace-one accounting (σ ≈ 14 here) momentum at batches of 64 fell
+    # below 85% accuracy on this task; batches of 128 at 2.0 stay near 90%.
+    doc["training"].update(
+        {"steps": steps, "epochs": None, "expected_batch_size": 128, "learning_rate": 2.0, "optimizer": "sgd"}
+    )
     path = procs.tmp / f"{name}.json"
     path.write_text(json.dumps(doc))
     return path

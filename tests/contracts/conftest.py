@@ -129,6 +129,7 @@ class Market:
         spent: list[int],
         weights: list[int] | None = None,
         enclave: LocalAccount | None = None,
+        receipt_hash: bytes | None = None,
         **kw,
     ):  # type: ignore[no-untyped-def]
         return self.m.complete_job(
@@ -140,6 +141,8 @@ class Market:
             payouts=payouts,
             spent=spent,
             weights=weights if weights is not None else [1] * len(payouts),
+            receipt_hash=os.urandom(32) if receipt_hash is None else receipt_hash,
+            receipt_uri="memory://receipt",
             **kw,
         )
 
@@ -175,3 +178,12 @@ def live(market: Market) -> Market:
     """A market with one registered enclave."""
     market.register(market.a.enclave)
     return market
+
+
+@pytest.fixture
+def claimed(live: Market) -> tuple[Market, int, tuple[int, int]]:
+    """Two listings (ε 1 and 2 reserved) in one job of 0.1 ether, claimed by the enclave."""
+    a, b = live.publish(), live.publish(provider=live.a.provider2)
+    jid = live.submit([a, b], [1.0, 2.0], value=WEI_PER_ETH // 10)
+    live.m.claim_job(live.a.enclave, jid)
+    return live, jid, (a, b)

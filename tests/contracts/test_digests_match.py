@@ -25,21 +25,33 @@ def test_settlement_digest_matches_the_contract(market, n):
         payouts=list(range(n)),
         spent=[7] * n,
         weights=[n] * n,
+        receipt_hash=os.urandom(32),
     )
     ours = market.m.settlement_digest(5, **args)
-    theirs = market.m.contract.functions.settlement_digest(
-        5,
-        args["result_hash"],
-        args["model_uri"],
-        args["sealed_model_key"],
-        args["payouts"],
-        args["spent"],
-        args["weights"],
-    ).call()
+    theirs = market.m.contract.functions.settlement_digest(5, *args.values()).call()
     assert ours == bytes(theirs)
     assert (
         digests.recover_signer(ours, digests.sign_digest(market.a.enclave, ours)) == market.a.enclave.address
     )
+
+
+def test_the_settlement_digest_commits_to_the_receipt_hash(market):
+    args = dict(
+        result_hash=os.urandom(32),
+        model_uri="memory://m",
+        sealed_model_key=b"k",
+        payouts=[1],
+        spent=[2],
+        weights=[3],
+    )
+    first, second = os.urandom(32), os.urandom(32)
+    ours = [market.m.settlement_digest(5, **args, receipt_hash=r) for r in (first, second)]
+    theirs = [
+        bytes(market.m.contract.functions.settlement_digest(5, *args.values(), r).call())
+        for r in (first, second)
+    ]
+    assert ours == theirs
+    assert ours[0] != ours[1]
 
 
 def test_committed_artefacts_match_the_sources():

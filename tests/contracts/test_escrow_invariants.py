@@ -3,7 +3,8 @@
 Whatever consumers, enclaves and providers do, and whichever of their calls
 revert: the contract's ether equals its recorded liabilities, which equal the
 credited balances plus the escrow of open jobs; nothing is paid out that was
-not paid in; and no data's budget is overspent.
+not paid in; no data's budget is overspent, and what it has spent is exactly
+what settled and failed jobs charged it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ operation = st.one_of(
     st.tuples(st.just("claim"), st.integers(0, 5)),
     st.tuples(st.just("complete"), st.integers(0, 5), st.integers(0, 110), st.integers(0, 110)),
     st.tuples(st.just("fail"), st.integers(0, 5)),
+    st.tuples(st.just("fail charged"), st.integers(0, 5), st.integers(0, 110), st.booleans()),
     st.tuples(st.just("predict"), st.integers(0, 5), st.integers(1, 10**12)),
     st.tuples(st.just("withdraw"), st.integers(0, 3)),
     st.tuples(st.just("expire"), st.integers(0, 5)),
@@ -79,7 +81,7 @@ def test_escrow_is_conserved(world, ops):
                         consumer_key=HPKE, job_hash=os.urandom(32), job_uri="j", value=value,
                     )  # fmt: skip
                     paid_in += value
-                elif op[0] in ("cancel", "claim", "complete", "fail", "predict", "expire") and jobs:
+                elif op[0] != "withdraw" and jobs:  # every other operation acts on a job
                     jid = op[1] % jobs + 1
                     job = m.job(jid)
                     if op[0] == "cancel":
@@ -95,9 +97,15 @@ def test_escrow_is_conserved(world, ops):
                         m.complete_job(
                             enclave, jid, result_hash=os.urandom(32), model_uri="m",
                             sealed_model_key=b"s", payouts=payouts, spent=spent, weights=[1] * n,
+                            receipt_hash=os.urandom(32), receipt_uri="r",
                         )  # fmt: skip
                     elif op[0] == "fail":
                         m.fail_job(enclave, jid, reason="test")
+                    elif op[0] == "fail charged":  # part of the reservation (above it: refused)
+                        spent = [a.reserved * op[2] // 100 for a in job.allocations]
+                        if op[3]:
+                            spent.append(0)  # one figure too many: refused
+                        m.fail_job(enclave, jid, reason="test", spent=spent, receipt_hash=os.urandom(32))
                     elif op[0] == "predict":
                         m.pay_for_predictions(consumers[1], jid, count=1, value=op[2])
                         paid_in += op[2]
@@ -111,7 +119,9 @@ def test_escrow_is_conserved(world, ops):
             ether = m.ether_balance()
             assert ether == m.liabilities()
             assert ether == start_ether + paid_in - withdrawn
-            open_jobs = [j for j in m.jobs() if j.state in (JobState.PENDING, JobState.CLAIMED)]
+            all_jobs = list(m.jobs())
+            open_jobs = [j for j in all_jobs if j.state in (JobState.PENDING, JobState.CLAIMED)]
+            charged = [j for j in all_jobs if j.state in (JobState.COMPLETED, JobState.FAILED)]
             assert ether == sum(j.escrow for j in open_jobs) + sum(m.balance_of(p.address) for p in people)
             for data_hash in data_hashes:
                 budget = m.budget(data_hash)
@@ -120,5 +130,9 @@ def test_escrow_is_conserved(world, ops):
                     a.reserved for j in open_jobs for a in j.allocations if owner[a.listing_id] == data_hash
                 )
                 assert budget.reserved == reserved
+                spent = sum(
+                    a.spent for j in charged for a in j.allocations if owner[a.listing_id] == data_hash
+                )
+                assert budget.spent == spent
     finally:
         chain.revert(snap)

@@ -80,13 +80,16 @@ class World:
             "purpose": "research",
             "listings": [{"listing_id": lid, "epsilon": 1.0} for lid in listing_ids],
             "model": template("logistic_regression", classes=2).model_dump(mode="json"),
+            # Under replace-one accounting σ at ε 0.8 is about 9: fewer, larger steps at a larger
+            # rate reach 0.91-0.96 on this task (6 secret streams), where 60 steps of 64 at 1.0 with
+            # momentum fell to 0.78.
             "training": {
-                "steps": 60,
-                "expected_batch_size": 64,
+                "steps": 20,
+                "expected_batch_size": 128,
                 "target_epsilon": 0.8,
-                "learning_rate": 1.0,
+                "learning_rate": 2.0,
                 "clipping_norm": 1.0,
-                "optimizer": "momentum",
+                "optimizer": "sgd",
             },
             "evaluation": {"holdout_fraction": 0.2, "metrics": ["accuracy"], "metrics_epsilon": 0.1},
             "payment_cap_wei": 10**18,

@@ -76,21 +76,24 @@ def test_the_demo_runs_the_market_end_to_end_and_continues_it(tmp_path):
     assert sum(p["paid_wei"] for p in first["providers"]) == cnn["paid_wei"] + logreg["paid_wei"]
     for job in (cnn, logreg):
         assert job["paid_wei"] <= job["escrow_wei"]
-    # The DP CNN's appraisal flags the noise seller, and the researcher's contract (drop_flagged)
-    # leaves it out of the final model, so for that job it is paid only its terms' appraisal fee.
-    # (In a market this small the weaker DP logistic regression's screen may lack the power to be
-    # sure, and at 1,200 photographs the CNN's too; docs/retinopathy-data.md.)
+    # The appraisal's label screen may flag the noise seller, and the researcher's contract
+    # (drop_flagged) then leaves it out of the final model, paid only its terms' appraisal fee.
+    # Whether it is flagged is a draw from the enclave's secret noise: under replace-one accounting
+    # the screen of the pilot's model, in a market this small, flags it in about half the runs
+    # (docs/retinopathy-data.md); test_enclave_flow and the screening unit tests check its power.
     noise = by_name["QuickData Ltd"]
-    assert noise["flagged"] is True
-    assert noise["id"] in cnn["appraisal"]["flagged"]
-    assert noise["id"] not in cnn["appraisal"]["kept"]
     assert noise["id"] in cnn["listings"]
     fee = noise["terms"]["appraisal_fee_wei"]
-    in_logreg = noise["id"] in logreg["appraisal"]["kept"]
-    assert noise["paid_wei"] > fee if in_logreg else noise["paid_wei"] == 2 * fee
-    for job in (cnn, logreg):  # honest providers are never flagged as fake
-        assert set(job["appraisal"]["flagged"]) <= {noise["id"]}
+    dropped = 0
+    for job in (cnn, logreg):
+        flagged = noise["id"] in job["appraisal"]["flagged"]
+        assert flagged is (noise["id"] not in job["appraisal"]["kept"])
+        dropped += flagged
+        assert set(job["appraisal"]["flagged"]) <= {noise["id"]}  # honest providers are never flagged
         assert job["appraisal"]["screening"]["epsilon"] > 0
+        assert job["receipt"]["ok"], job["receipt"]  # the charge is what the receipt's mechanisms cost
+    assert noise["flagged"] is (noise["id"] in cnn["appraisal"]["flagged"])
+    assert noise["paid_wei"] == 2 * fee if dropped == 2 else noise["paid_wei"] > dropped * fee
     # The credential holder pays St Mary's nothing for its data (it may share in the bonus pool).
     assert by_name["St Mary's Hospital"]["terms"]["policy"] is not None
     assert "left in its budget" in first["refused_job_reason"]

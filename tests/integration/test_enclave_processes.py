@@ -47,7 +47,9 @@ def test_chain_worker_provider_and_consumer_as_separate_processes(procs):
         _publish(procs, url, state, 300, 1, PROVIDERS[0]),
         _publish(procs, url, state, 200, 2, PROVIDERS[1]),
     ]
-    job_id = submit(procs, url, state, job_file(procs, listings, steps=80))
+    # 25 steps of 128 from 400 rows: under replace-one accounting more, smaller steps at ε 0.9 leave
+    # the model below 85% accuracy on this task in some secret streams.
+    job_id = submit(procs, url, state, job_file(procs, listings, steps=25))
 
     chain_args = ["--rpc-url", url, "--state", str(state)]
     watched = procs.run("job", "watch", str(job_id), *chain_args, "--format", "json", "--timeout", "240")
@@ -55,7 +57,7 @@ def test_chain_worker_provider_and_consumer_as_separate_processes(procs):
     assert updates[-1]["state"] == "completed"
     # The job may finish before watching starts; its heartbeats stay on chain either way.
     status = json.loads(procs.run("job", "status", str(job_id), *chain_args, "--format", "json").stdout)
-    assert status["progress"]["step"] == status["progress"]["steps"] == 80
+    assert status["progress"]["step"] == status["progress"]["steps"] == 25
     assert status["state"] == "completed"
 
     model = procs.tmp / "model.npz"
@@ -73,7 +75,7 @@ def test_chain_worker_provider_and_consumer_as_separate_processes(procs):
             "json",
         ).stdout
     )
-    assert got["steps"] == 80
+    assert got["steps"] == 25
     assert got["epsilon_spent"] <= 1.0
     bundle = ModelBundle.from_bytes(model.read_bytes())
     test = tabular(400, 7)

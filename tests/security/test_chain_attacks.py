@@ -119,10 +119,13 @@ def test_an_attacker_cannot_settle_fail_expire_or_cancel_a_job_the_enclave_holds
     attacker = arena.account()
     raw = arena.raw(attacker)
     # The worker's own fail_job call, re-targeted at the victim's pending job.
-    assert "job is not claimed" in raw.send("fail_job", job_id, fail_args["reason"]).reason
+    assert "job is not claimed" in raw.send("fail_job", job_id, *list(fail_args.values())[1:]).reason
     assert "caller is not a registered enclave" in raw.send("claim_job", job_id).reason
     arena.market.claim_job(arena.worker.account, job_id)  # the worker takes it, as it would to train
-    settlement = [os.urandom(32), "memory://stolen", os.urandom(80), [escrow], [to_micro(1)], [1]]
+    settlement = [
+        os.urandom(32), "memory://stolen", os.urandom(80), [escrow], [to_micro(1)], [1],
+        os.urandom(32), "memory://receipt",
+    ]  # fmt: skip
     digest = arena.market.settlement_digest(
         job_id,
         result_hash=settlement[0],
@@ -131,6 +134,7 @@ def test_an_attacker_cannot_settle_fail_expire_or_cancel_a_job_the_enclave_holds
         payouts=settlement[3],
         spent=settlement[4],
         weights=settlement[5],
+        receipt_hash=settlement[6],
     )
     signature = bytes(attacker.sign_message(encode_defunct(primitive=digest)).signature)
     attempts = {
@@ -138,7 +142,14 @@ def test_an_attacker_cannot_settle_fail_expire_or_cancel_a_job_the_enclave_holds
             raw.send("complete_job", job_id, *settlement, signature),
             "caller does not hold the job",
         ),
-        "fail_job": (raw.send("fail_job", job_id, "stolen"), "caller does not hold the job"),
+        "fail_job": (
+            raw.send("fail_job", job_id, "stolen", [], bytes(32), ""),
+            "caller does not hold the job",
+        ),
+        "fail_job charging the budget": (
+            raw.send("fail_job", job_id, "burnt", [to_micro(1)], os.urandom(32), "memory://receipt"),
+            "caller does not hold the job",
+        ),
         "report_progress": (raw.send("report_progress", job_id, 1, 1, 0), "caller does not hold the job"),
         "extend_lease": (raw.send("extend_lease", job_id), "caller does not hold the job"),
         "expire_job": (raw.send("expire_job", job_id), "lease not expired"),
@@ -151,6 +162,7 @@ def test_an_attacker_cannot_settle_fail_expire_or_cancel_a_job_the_enclave_holds
         assert reason in sent.reason, (what, sent.reason)
     job = arena.market.job(job_id)
     assert (job.state, job.enclave, job.escrow) == (JobState.CLAIMED, arena.worker.address, escrow)
+    assert arena.market.listing(lid).budget.spent == 0
     arena.market.fail_job(arena.worker.account, job_id, reason="test over")  # leave nothing claimable
     assert arena.market.ether_balance() == arena.market.liabilities()
 
@@ -205,7 +217,8 @@ def test_many_concurrent_jobs_and_derived_listings_never_overspend_one_budget(an
     budget = arena.market.budget(data_hash)
     assert (budget.total, budget.reserved, budget.spent) == (to_micro(3), to_micro(2.8), 0)
 
-    # The enclave settles some (charging less than reserved) and fails the others: their ε is freed.
+    # The enclave settles some (charging less than reserved) and fails the others, charging some of
+    # those for what ran: the rest of every reservation is freed.
     pending = [
         j
         for j in range(1, arena.market.job_count() + 1)
@@ -214,16 +227,22 @@ def test_many_concurrent_jobs_and_derived_listings_never_overspend_one_budget(an
     ]
     for k, job_id in enumerate(pending):
         arena.market.claim_job(arena.worker.account, job_id)
-        if k % 2:
+        if k % 4 == 1:
             arena.market.fail_job(arena.worker.account, job_id, reason="test")
+        elif k % 4 == 3:
+            arena.market.fail_job(
+                arena.worker.account, job_id, reason="test", spent=[to_micro(0.1)],
+                receipt_hash=os.urandom(32), receipt_uri="memory://receipt",
+            )  # fmt: skip
         else:
             arena.market.complete_job(
                 arena.worker.account, job_id, result_hash=os.urandom(32), model_uri="memory://m",
                 sealed_model_key=os.urandom(80), payouts=[10**12], spent=[to_micro(0.3)], weights=[1],
+                receipt_hash=os.urandom(32), receipt_uri="memory://receipt",
             )  # fmt: skip
     budget = arena.market.budget(data_hash)
-    settled = (len(pending) + 1) // 2
-    assert (budget.reserved, budget.spent) == (0, settled * to_micro(0.3))
+    settled, charged = (len(pending) + 1) // 2, len(pending) // 4
+    assert (budget.reserved, budget.spent) == (0, settled * to_micro(0.3) + charged * to_micro(0.1))
 
     second = _race(arena, listings, to_micro(0.4), 8)
     left = to_micro(3) - budget.spent

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from enclave_world import World, make_world, tabular
 
 from sterling.sdk.consumer import fetch_result, submit_job
+from sterling.storage.blobs import fetch_verified
 
 
 @pytest.fixture
@@ -63,14 +64,23 @@ def test_storage_and_chain_hold_no_plaintext(world):
 
     # 16-byte pieces: four float32 features of a row, a slice of the job's canonical body or of
     # the model's weights. Labels are 0/1, so they are looked for as runs of 64 labels packed
-    # one per bit, and as 64 int64 labels, as a columnar file would hold them.
+    # one per bit, and as 64 int64 labels, as a columnar file would hold them. The job's privacy
+    # parameters (clipping norm, δ, σ, q, steps, releases) are published on purpose, in its
+    # privacy receipt, so anyone can recompute its ε: pieces of the body that are pieces of the
+    # receipt are not secret; the rest of the body (model, learning rate, optimizer, name,
+    # purpose, contract, validation set) is.
+    (done,) = [e for e in world.market.job_events(submitted.job_id) if e.name == "JobCompleted"]
+    receipt = fetch_verified(done.args["receipt_uri"], bytes(done.args["receipt_hash"]))
     secrets = {
         "rows": _windows(np.ascontiguousarray(data.features).tobytes(), 16),
         "labels": _windows(np.packbits(data.labels.astype(np.uint8)).tobytes(), 8, distinct=4)
         | _windows(np.ascontiguousarray(data.labels, dtype=np.int64).tobytes(), 512, distinct=2),
-        "job body": _windows(job.canonical(), 16),
+        "job body": {p for p in _windows(job.canonical(), 16) if p not in receipt},
         "model": set().union(*(_windows(v.tobytes(), 16) for v in bundle.state.values())),
     }
+    assert len(secrets["job body"]) > len(_windows(job.canonical(), 16)) // 2  # most of it stays sealed
+    assert b'"learning_rate"' in job.canonical()
+    assert b"learning_rate" not in receipt
     assert all(secrets.values()), "every secret must have pieces to look for"
     blobs = [p.read_bytes() for p in Path(world.store.root).rglob("*") if p.is_file()]
     assert len(blobs) >= 3  # the data, the sealed job body and the encrypted model at least

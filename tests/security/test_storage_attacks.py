@@ -38,6 +38,7 @@ def _refunded_and_uncharged(arena: Arena, job_id: int) -> None:
     assert [e.args["amount"] for e in refunds] == [job.escrow]
     assert not [e for e in arena.market.job_events(job_id) if e.name == "Payout"]
     for a in job.allocations:
+        assert a.spent == 0
         assert arena.market.listing(a.listing_id).budget.reserved == 0
 
 

@@ -24,6 +24,7 @@ from sterling.appraisal.influence import (
     ValidationMargin,
 )
 from sterling.appraisal.release import PrivateInfluence
+from sterling.crypto.entropy import SecretRandom
 from sterling.errors import UsageError
 
 ALPHA = 1.0  # L2 strength of Σ ℓ_i + (α/2)‖θ‖²; the appraisers' damping is α/N
@@ -250,7 +251,7 @@ def test_baselines_rank_noise_low() -> None:
 def test_private_release_direction_bounds_and_noise() -> None:
     model, data = _with_fakes(7)
     clip, eps = 0.5, 1.0
-    mech = PrivateInfluence(clip=clip, epsilon=eps, damping=0.01, rng=np.random.default_rng(0))
+    mech = PrivateInfluence(clip=clip, epsilon=eps, damping=0.01, rng=SecretRandom.for_tests(0))
     exact = mech.noiseless(model, data)
     reference = ExactInfluence(damping=ALPHA / 160).fit(model, data)
     # the same direction as influence: honest providers positive, the fakes negative
@@ -263,13 +264,18 @@ def test_private_release_direction_bounds_and_noise() -> None:
     counts = np.bincount(data.owner, minlength=data.parts)
     assert all(abs(v) <= c * n for v, n in zip(exact.per_provider, counts, strict=True))
     released = np.array([mech.fit(model, data).per_provider for _ in range(1500)])
+    # On the grid of c/2^16: each value is k·step for a whole k, the rounded terms' sum plus noise.
+    step = mech.grid.step
+    assert np.array_equal(np.rint(released / step) * step, released)
     noise = released - np.array(exact.per_provider)
-    assert noise.std(axis=0) == pytest.approx(np.full(8, c / eps * math.sqrt(2)), rel=0.1)
-    assert abs(noise.mean()) < 0.05 * c / 0.5
+    # Replace-one: a term moves from −c to c, so the noise has scale 2c/ε (sd 2√2·c/ε).
+    assert mech.noise_sd == pytest.approx(2 * c / eps * math.sqrt(2), rel=1e-3)
+    assert noise.std(axis=0) == pytest.approx(np.full(8, mech.noise_sd), rel=0.1)
+    assert abs(noise.mean()) < 0.1 * c / 0.5
     one = mech.fit(model, data)
     assert one.per_example is None
     assert one.epsilon == eps
-    assert "laplace" in one.method
+    assert "discrete_laplace" in one.method
     with pytest.raises(UsageError):
         PrivateInfluence(clip=1.0, epsilon=0.0)
     # Without the validation-chosen bound, terms are bounded by C itself.
@@ -436,10 +442,11 @@ def test_the_attribution_noise_is_the_smallest_sigma_for_its_epsilon_and_delta()
         sigma = gaussian_noise_multiplier(eps, delta)
         assert gaussian_delta(sigma, eps) <= delta  # never less noise than (ε, δ) needs
         assert gaussian_delta(sigma * (1 - 1e-4), eps) > delta  # and not much more
-    # The privacy profile of the Gaussian mechanism (Balle & Wang 2018, Theorem 8), by hand.
-    sigma, eps = 4.0, 0.5
+    # The privacy profile of the Gaussian mechanism (Balle & Wang 2018, Theorem 8), by hand, for
+    # replace-one: a row bounded by 1 moves the sum by up to Δ = 2.
+    sigma, eps, d = 4.0, 0.5, 2.0
     phi = lambda x: 0.5 * math.erfc(-x / math.sqrt(2))  # noqa: E731
-    exact = phi(1 / (2 * sigma) - eps * sigma) - math.exp(eps) * phi(-1 / (2 * sigma) - eps * sigma)
+    exact = phi(d / (2 * sigma) - eps * sigma / d) - math.exp(eps) * phi(-d / (2 * sigma) - eps * sigma / d)
     assert gaussian_delta(sigma, eps) == pytest.approx(exact, rel=1e-9)
     with pytest.raises(UsageError):
         gaussian_noise_multiplier(0.0, 1e-5)

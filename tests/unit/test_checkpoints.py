@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sterling.crypto.entropy import SecretRandom
 from sterling.data.dataset import Dataset, Schema
-from sterling.enclave import training
 from sterling.enclave.checkpoints import Checkpoints
 from sterling.enclave.metrics import metrics_of
+from sterling.enclave.training import Training
 from sterling.privacy.graph import template
 from sterling.privacy.job import Job
 from sterling.privacy.verifier import ListingView, verify
@@ -55,19 +56,26 @@ def test_choosing_a_checkpoint_by_private_held_out_rows_is_refused():
 
 def test_the_released_model_is_the_best_scored_epoch_and_costs_no_more_epsilon():
     job = _job(checkpoint="best_accuracy", validation_uri="file:///mine")
-    summary = verify(job, {1: VIEW}).summary
+    plan = verify(job, {1: VIEW}).plan
+    assert plan is not None
     validation = _data(200, seed=2)
-    out = training.train(job, summary, [_data(400, seed=1)], listing_ids=[1], validation=validation)
+    rng = SecretRandom.for_tests(1)
+    out = Training(job, plan, [_data(400, seed=1)], listing_ids=[1], validation=validation, rng=rng).run()
     chosen = out.info["checkpoint"]
     curve = chosen["curve"]
-    per_epoch = round(1 / summary["sample_rate"])
+    per_epoch = round(1 / plan.sample_rate)
     assert [c["step"] for c in curve] == [per_epoch * (i + 1) for i in range(len(curve))]
     assert curve[-1]["step"] == out.steps
     best = max(c["accuracy"] for c in curve)
     assert chosen["selected_step"] == max(c["step"] for c in curve if c["accuracy"] == best)
     assert out.metrics["accuracy"] == best  # the released model scores what the chosen epoch scored
     # ε is that of every step trained, whichever epoch is released.
-    last = training.train(_job(validation_uri="file:///mine"), summary, [_data(400, seed=1)], listing_ids=[1])
+    other = _job(validation_uri="file:///mine")
+    other_plan = verify(other, {1: VIEW}).plan
+    assert other_plan is not None
+    last = Training(
+        other, other_plan, [_data(400, seed=1)], listing_ids=[1], validation=validation, rng=rng
+    ).run()
     assert out.epsilon_spent == last.epsilon_spent
     assert last.info["checkpoint"] == {"rule": "last"}
 

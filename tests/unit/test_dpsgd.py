@@ -11,12 +11,15 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from sterling.crypto.entropy import SecretRandom
+from sterling.privacy import oblivious
 from sterling.privacy.accountant import DpSgdParams, calibrate_noise, pld_epsilon
-from sterling.privacy.dpsgd import DPSGD, max_steps_within, oblivious_capacity
+from sterling.privacy.dpsgd import DEFAULT_OVERFLOW_PER_STEP, DPSGD, max_steps_within
 from sterling.privacy.graph import template
 
 
 def trainer(family="logistic_regression", shape=(4,), classes=2, **kw) -> DPSGD:
+    """An engine whose secret stream is the test stream of its `seed` (so two engines can agree)."""
     base = {
         "clipping_norm": 1.0,
         "noise_multiplier": 1.0,
@@ -24,7 +27,12 @@ def trainer(family="logistic_regression", shape=(4,), classes=2, **kw) -> DPSGD:
         "steps": 1,
         "learning_rate": 1.0,
     }
+    kw.setdefault("rng", SecretRandom.for_tests(kw.get("seed", 0)))
     return DPSGD(template(family, classes=classes), shape, **{**base, **kw})
+
+
+def capacity(n: int, q: float) -> int:
+    return oblivious.capacity(n, q, DEFAULT_OVERFLOW_PER_STEP)
 
 
 def test_noise_has_the_promised_standard_deviation():
@@ -139,10 +147,8 @@ def test_oblivious_step_trace_is_identical_across_data_and_samples(family, rows)
 
 @pytest.mark.parametrize(("n", "q"), [(64, 0.3), (600, 0.3), (2048, 1 / 8), (1000, 0.02)])
 def test_oblivious_gather_takes_the_sampled_rows_in_order(n, q):
-    from sterling.privacy import oblivious
-
-    p = oblivious.plan(n, q)
-    assert p.capacity == oblivious_capacity(n, q)
+    p = oblivious.plan(n, q, steps=1, failure=DEFAULT_OVERFLOW_PER_STEP)
+    assert p.capacity in (capacity(n, q), oblivious.capacity(n, q, DEFAULT_OVERFLOW_PER_STEP / 2))
     if n >= 600:
         assert p.blocks > 1  # the two-stage gather is exercised
     g = torch.Generator().manual_seed(n)
@@ -159,9 +165,7 @@ def test_oblivious_gather_takes_the_sampled_rows_in_order(n, q):
 
 
 def test_oblivious_gather_drops_a_full_blocks_surplus_and_weights_only_real_rows():
-    from sterling.privacy import oblivious
-
-    p = oblivious.plan(2048, 1 / 8)
+    p = oblivious.plan(2048, 1 / 8, steps=1, failure=DEFAULT_OVERFLOW_PER_STEP)
     rows = torch.arange(1, 2049, dtype=torch.float32)[:, None]
     mask = torch.zeros(2048, dtype=torch.bool)
     mask[:100] = True  # 100 rows in the first block, whose capacity is smaller
@@ -179,7 +183,7 @@ def test_oblivious_and_ordinary_steps_compute_the_same_update():
     obl.step(x, y)
     for a, b in zip(plain.model.parameters(), obl.model.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-5)
-    assert oblivious_capacity(64, 0.3) < 64
+    assert capacity(64, 0.3) < 64
 
 
 def test_budget_filter_stops_before_overspending():
@@ -194,18 +198,21 @@ def test_budget_filter_stops_before_overspending():
 
 
 def test_dp_logistic_regression_reaches_95_percent_at_epsilon_1():
+    # ε = 1 under replace-one adjacency. The add/remove accounting this engine once used reached
+    # 96.5% with batches of 64 for 15 epochs; under replace-one that recipe needs σ 10.9 and
+    # reaches 93%; larger batches for fewer epochs (σ 8.9) win it back (median 96.5%, 5 seeds).
     X, y = load_breast_cancer(return_X_y=True)
     accs = []
     for seed in range(5):
         Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.2, random_state=seed, stratify=y)
         scaler = StandardScaler().fit(Xtr)
         Xtr, Xte = scaler.transform(Xtr), scaler.transform(Xte)
-        q = 64 / len(Xtr)
-        steps = int(np.ceil(15 / q))
+        q = 128 / len(Xtr)
+        steps = int(np.ceil(5 / q))
         sigma = calibrate_noise(target_epsilon=1.0, sample_rate=q, steps=steps, delta=1e-5)
         assert pld_epsilon(DpSgdParams(sigma, q, steps, 1e-5)) <= 1.0
         tr = trainer(
-            shape=(30,), noise_multiplier=sigma, sample_rate=q, steps=steps, learning_rate=0.5, seed=seed
+            shape=(30,), noise_multiplier=sigma, sample_rate=q, steps=steps, learning_rate=1.0, seed=seed
         )
         tr.fit(torch.tensor(Xtr, dtype=torch.float32), torch.tensor(ytr))
         with torch.no_grad():

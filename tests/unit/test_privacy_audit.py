@@ -9,22 +9,44 @@ Binomial(2k, e^ε / (1 + e^ε)), which yields an empirical lower bound on ε at
 95% confidence. The real engine must stay below the ε it claims; an engine
 broken on purpose (noise scaled by 0.25), built only here, must exceed it,
 which shows the audit has the power to catch a real bug.
+
+A canary is in or out: the audit's neighbours add or remove one row. So the
+ε claimed here is the add/remove ε of the run (dp-accounting's
+ADD_OR_REMOVE_ONE), not the replace-one ε Sterling charges (which is larger;
+tests/security/test_replay_audit.py audits that one).
 """
 
 from __future__ import annotations
 
 import math
 
+import dp_accounting as dpa
 import numpy as np
 import pytest
 import torch
+from dp_accounting import pld
 from scipy import stats
 
-from sterling.privacy.accountant import calibrate_noise
+from sterling.crypto.entropy import SecretRandom
+from sterling.privacy.accountant import DpSgdParams
 from sterling.privacy.dpsgd import DPSGD
 from sterling.privacy.graph import template
 
 CLAIMED, DELTA, Q, STEPS, M, K = 2.0, 1e-5, 0.5, 20, 1000, 100
+
+
+def add_remove_sigma(epsilon: float) -> float:
+    """The noise multiplier whose add/remove PLD ε is `epsilon` for this audit's run."""
+    return float(
+        dpa.calibrate_dp_mechanism(
+            lambda: pld.PLDAccountant(dpa.NeighboringRelation.ADD_OR_REMOVE_ONE),
+            lambda s: DpSgdParams(s, Q, STEPS, DELTA).event(),
+            epsilon,
+            DELTA,
+            bracket_interval=dpa.ExplicitBracketInterval(0.3, 20.0),
+            tol=1e-3,
+        )
+    )
 
 
 def epsilon_lower_bound(guesses: int, correct: int, confidence: float = 0.95) -> float:
@@ -62,7 +84,7 @@ def audit(engine: type[DPSGD], seed: int) -> tuple[float, int]:
     canary_y = np.arange(M) % 2
     x = np.vstack([np.hstack([real, np.zeros((n, M))]), canaries[included]])
     y = np.concatenate([real_y, canary_y[included]])
-    sigma = calibrate_noise(target_epsilon=CLAIMED, sample_rate=Q, steps=STEPS, delta=DELTA)
+    sigma = add_remove_sigma(CLAIMED) * 1.001
     trainer = engine(
         template("logistic_regression", classes=2),
         (d + M,),
@@ -72,6 +94,7 @@ def audit(engine: type[DPSGD], seed: int) -> tuple[float, int]:
         steps=STEPS,
         learning_rate=0.1,
         seed=seed,
+        rng=SecretRandom.for_tests(seed),
     )
     before = trainer.model[-1].weight.detach().clone()
     trainer.fit(torch.tensor(x, dtype=torch.float32), torch.tensor(y))

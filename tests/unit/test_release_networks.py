@@ -21,6 +21,7 @@ from sterling.appraisal.network_terms import (
 from sterling.appraisal.release import PrivateInfluence
 from sterling.appraisal.solvers import ConjugateGradient, solve_direct
 from sterling.appraisal.terms import F64, FullTerms, loss_derivatives
+from sterling.crypto.entropy import SecretRandom
 from sterling.privacy.dpsgd import build_module
 from sterling.privacy.graph import template
 
@@ -150,17 +151,21 @@ def test_one_row_moves_only_its_providers_value_and_by_at_most_c() -> None:
 
 def test_the_released_method_names_the_network_method_and_logistic_regression_keeps_its_own() -> None:
     model, data = _market(4)
-    released = PrivateInfluence(clip=0.5, epsilon=0.5, rng=np.random.default_rng(0)).fit(model, data)
-    assert released.method.startswith("cg_influence[gauss_newton]+laplace(")
+    released = PrivateInfluence(clip=0.5, epsilon=0.5, rng=SecretRandom.for_tests(0)).fit(model, data)
+    assert released.method.startswith("cg_influence[gauss_newton]+discrete_laplace(")
     assert released.per_example is None
     assert released.epsilon == 0.5
     hessian = PrivateInfluence(clip=0.5, epsilon=0.5, curvature=Hessian()).noiseless(model, data)
-    assert hessian.method.startswith("cg_influence[hessian]+laplace(")
+    assert hessian.method.startswith("cg_influence[hessian]+discrete_laplace(")
     head = PrivateInfluence(clip=0.5, epsilon=0.5, head_only=True).fit(model, data)
-    assert head.method.startswith("influence+laplace(")  # the enclave's choice for CNNs
+    assert head.method.startswith("influence+discrete_laplace(")  # the enclave's choice for CNNs
     torch.manual_seed(0)
     linear = nn.Sequential(nn.Flatten(), nn.Linear(6, 3))
-    assert PrivateInfluence(clip=0.5, epsilon=0.5).fit(linear, data).method.startswith("influence+laplace(")
+    assert (
+        PrivateInfluence(clip=0.5, epsilon=0.5)
+        .fit(linear, data)
+        .method.startswith("influence+discrete_laplace(")
+    )
 
 
 def test_a_random_label_provider_comes_out_below_every_honest_one() -> None:

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from sterling.appraisal import AppraisalData
-from sterling.appraisal.screening import FALSE_FLAG_RATE, SCORE_CLIP, LabelAgreement, Screening
+from sterling.appraisal.screening import (
+    FALSE_FLAG_RATE,
+    GRID,
+    SCORE_CLIP,
+    LabelAgreement,
+    Screening,
+    noise_margin,
+)
+from sterling.crypto.entropy import SecretRandom
 from sterling.errors import UsageError
+from sterling.privacy.mechanisms import screening_release
+from sterling.privacy.noise import discrete_laplace_sd
 
 WEIGHTS = np.array([1.5, -2.0, 1.0, 0.5, -1.0, 2.0])
 
@@ -62,40 +74,36 @@ def test_shuffled_and_flipped_labels_are_flagged_and_honest_ones_are_not(seed):
     assert means[4] < means[3] < 0 < min(means[:3])  # backwards is worse than random, random worse than prior
 
 
-def test_one_row_moves_only_its_providers_sum_and_by_at_most_the_clip():
+def test_replacing_one_row_moves_only_its_providers_sum_and_by_at_most_twice_the_clip():
     model, data = _market(3)
     before = LabelAgreement(epsilon=None).fit(model, data).sums
     for row in (0, int(np.flatnonzero(data.owner == 4)[0])):
-        keep = torch.ones(len(data.y), dtype=torch.bool)
-        keep[row] = False
-        fewer = AppraisalData(
-            x=data.x[keep],
-            y=data.y[keep],
-            owner=data.owner[keep.numpy()],
-            parts=data.parts,
-            x_val=data.x_val,
-            y_val=data.y_val,
-        )
-        after = LabelAgreement(epsilon=None).fit(model, fewer).sums
+        x, y = data.x.clone(), data.y.clone()
+        x[row] = -x[row]  # another person's row in its place: the features reversed, the label kept
+        after = LabelAgreement(epsilon=None).fit(model, replace(data, x=x, y=y)).sums
         moved = [abs(a - b) for a, b in zip(after, before, strict=True)]
         p = int(data.owner[row])
-        assert 0 < moved[p] <= SCORE_CLIP
+        assert 0 < moved[p] <= 2 * SCORE_CLIP  # replace-one: from −B to B at most
         assert all(m == 0 for q, m in enumerate(moved) if q != p)
 
 
-def test_the_release_adds_laplace_noise_of_scale_clip_over_epsilon():
+def test_the_release_is_on_the_grid_with_discrete_laplace_noise_of_scale_twice_the_clip_over_epsilon():
     model, data = _market(4)
     exact = np.array(LabelAgreement(epsilon=None).fit(model, data).sums)
-    rng = np.random.default_rng(7)
-    draws = np.array([LabelAgreement(epsilon=0.5, rng=rng).fit(model, data).sums for _ in range(3000)])
+    rng = SecretRandom.for_tests(7)
+    draws = np.array([LabelAgreement(epsilon=0.5, rng=rng).fit(model, data).sums for _ in range(1500)])
+    # Every released sum is a whole number of grid steps: the rows' rounded scores plus integer noise.
+    steps = draws / GRID.step
+    assert np.array_equal(steps, np.round(steps))
     noise = draws - exact
-    scale = SCORE_CLIP / 0.5
+    scale = 2 * SCORE_CLIP / 0.5  # replace-one sensitivity 2B
     assert np.abs(noise.mean(axis=0)).max() < 0.3 * scale
-    # A Laplace(b) has standard deviation b·√2.
-    assert noise.std(axis=0) == pytest.approx(np.full(5, scale * np.sqrt(2)), rel=0.1)
+    sd = discrete_laplace_sd(screening_release(0.5).scale) * GRID.step
+    assert sd == pytest.approx(scale * np.sqrt(2), rel=1e-3)
+    assert noise.std(axis=0) == pytest.approx(np.full(5, sd), rel=0.12)
     released = LabelAgreement(epsilon=0.5, rng=rng).fit(model, data)
-    assert released.scale == scale
-    assert "laplace" in released.method
+    assert released.margin == noise_margin(screening_release(0.5))
+    assert "discrete_laplace" in released.method
 
 
 def test_screening_needs_the_consumers_own_rows():
@@ -111,24 +119,32 @@ def test_screening_needs_the_consumers_own_rows():
 
 def test_the_noise_alone_flags_an_honest_provider_at_most_at_the_false_flag_rate():
     # A provider whose rows score exactly the buyer's mean, with no sampling spread (σ = 0):
-    # only the Laplace noise can flag it, and it should at the rate α the margin is set for.
-    rows, scale, draws = 99, SCORE_CLIP / 0.05, 400_000
-    noise = np.random.default_rng(11).laplace(0.0, scale, size=draws)
+    # only the noise can flag it, and it should at most at the rate α the margin is set for. The
+    # noise is simulated independently of Sterling's sampler: a discrete Laplace is the difference
+    # of two geometric variables with success 1 − exp(−1/t).
+    rows, release, draws = 99, screening_release(0.05), 400_000
+    p = np.exp(-1 / float(release.scale))
+    gen = np.random.default_rng(11)
+    noise = (gen.geometric(1 - p, draws) - gen.geometric(1 - p, draws)) * GRID.step
+    margin = noise_margin(release)
     flagged = [
-        Screening("t", (0.2 * rows + z,), (rows,), 0.2, 0.0, scale, 0.05).flagged()[0] for z in noise[:2000]
+        Screening("t", (0.2 * rows + z,), (rows,), 0.2, 0.0, margin, 0.05).flagged()[0] for z in noise[:2000]
     ]
     assert not any(flagged)
-    threshold = Screening("t", (0.0,), (rows,), 0.2, 0.0, scale, 0.05).thresholds()[0]
+    threshold = Screening("t", (0.0,), (rows,), 0.2, 0.0, margin, 0.05).thresholds()[0]
     rate = float(np.mean(0.2 + noise / rows < threshold))
+    assert rate <= FALSE_FLAG_RATE * 1.35
     assert rate == pytest.approx(FALSE_FLAG_RATE, rel=0.35)
     # Two standard deviations of noise, the margin before, flag one honest provider in 34.
-    old = float(np.mean(noise < -2 * np.sqrt(2) * scale))
+    old = float(np.mean(noise < -2 * noise.std()))
     assert 0.02 < old < 0.04
 
 
 def test_fakes_are_still_flagged_through_the_noise_and_honest_providers_are_not():
     model, data = _market(5)
-    rng = np.random.default_rng(12)
-    flags = np.array([LabelAgreement(epsilon=1.0, rng=rng).fit(model, data).flagged() for _ in range(300)])
+    rng = SecretRandom.for_tests(12)
+    # ε 2: replace-one doubles the sensitivity, so this is the noise ε 1 once had (at ε 1 the
+    # shuffled provider of 150-300 rows is flagged in 80% of releases).
+    flags = np.array([LabelAgreement(epsilon=2.0, rng=rng).fit(model, data).flagged() for _ in range(300)])
     assert not flags[:, :3].any()
     assert flags[:, 3:].mean(axis=0).min() > 0.95

@@ -2,7 +2,7 @@
 // the server (SSE), then metrics, the validation curve, appraisal values and payouts as charts.
 import { accounts, api } from "./api.js";
 import { h, mount, empty, errorBox } from "./dom.js";
-import { eps, ethNumber, familyName, money, simulationBadge, stateBadge, term, when } from "./format.js";
+import { eps, ethNumber, familyName, money, shortHex, simulationBadge, stateBadge, term, when } from "./format.js";
 import { barChart, lineChart, palette } from "./charts.js";
 import { eventRows } from "./explorer.js";
 
@@ -179,6 +179,18 @@ export async function render(page, id) {
       return;
     }
     const result = job.result;
+    if (result && result.model_released === false) {
+      parts.push(
+        h("section", { class: "card", id: "no-model" }, h("h2", {}, "No model"),
+          h("p", {}, `This job completed without a model: ${result.reason ?? "no provider was kept"}. What ran on the providers' data (the pilot and its appraisal) was charged to their budgets; the appraisal below is what was released.`)),
+      );
+    }
+    if (result?.receipt_sha256) {
+      parts.push(
+        h("section", { class: "card", id: "receipt" }, h("h2", {}, "Privacy receipt"),
+          h("p", { class: "muted small" }, `Every mechanism that ran on each listing's data, accounted under ${String(result.neighbours ?? "replace_one").replaceAll("_", "-")} adjacency; its hash ${shortHex(result.receipt_sha256)} is on chain. Check it yourself: `, h("code", {}, `sterling privacy receipt ${job.id}`), ".")),
+      );
+    }
     if (result?.metrics && Object.keys(result.metrics).length) {
       const entries = Object.entries(result.metrics).filter(([, v]) => typeof v === "number");
       parts.push(

@@ -14,11 +14,12 @@ are their sum. They split a per-prediction fee on chain.
 Privacy: weights computed from raw G_p would let anyone who buys predictions
 probe the providers' data. So G_p is built from per-example gradients clipped
 to norm C and released *once*, inside the enclave, through the Gaussian
-mechanism (sensitivity C to adding or removing one row; each G_p involves
-only its own provider's rows, so every provider pays the same ε, in
-parallel). H comes from the consumer's validation set (their own data), or
-is the identity without one. Everything served afterwards is
-post-processing of these noisy sums and the DP-trained model.
+mechanism (replacing one row moves G_p by up to 2C; each G_p involves only
+its own provider's rows, so every provider pays the same ε, in parallel),
+with noise from the enclave's cryptographic stream. H comes from the
+consumer's validation set (their own data), or is the identity without one.
+Everything served afterwards is post-processing of these noisy sums and the
+DP-trained model.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ import numpy as np
 import torch
 from dp_accounting.pld import privacy_loss_mechanism as plm
 
+from sterling.crypto.entropy import SecretRandom
 from sterling.errors import IntegrityError, UsageError
+from sterling.privacy.mechanisms import Gaussian
 
 DAMPING = 1e-3
 
@@ -109,13 +112,16 @@ def _hessian(phi: torch.Tensor, logits: torch.Tensor, loss: str) -> torch.Tensor
 
 
 def gaussian_delta(sigma: float, epsilon: float) -> float:
-    """The exact δ(ε) of one Gaussian mechanism with sensitivity 1 and noise σ (its privacy profile).
+    """The exact δ(ε) of one Gaussian mechanism with noise σ on rows bounded by 1, under replace-one.
 
-    dp_accounting's `GaussianPrivacyLoss` computes it in closed form. Calibrating through a PLD
-    accountant instead builds a discretised PMF per σ tried: ~14 s each at ε = 0.2 (profiled: 486 s
-    of one job's settlement), for the same answer.
+    Replacing a row moves a sum by up to 2 (dp-accounting's REPLACE adjacency). dp_accounting's
+    `GaussianPrivacyLoss` computes it in closed form. Calibrating through a PLD accountant instead
+    builds a discretised PMF per σ tried: ~14 s each at ε = 0.2 (profiled: 486 s of one job's
+    settlement), for the same answer.
     """
-    loss = plm.GaussianPrivacyLoss(standard_deviation=sigma, sensitivity=1.0)
+    loss = plm.GaussianPrivacyLoss(
+        standard_deviation=sigma, sensitivity=1.0, adjacency_type=plm.AdjacencyType.REPLACE
+    )
     return float(loss.get_delta_for_epsilon(epsilon))
 
 
@@ -144,24 +150,24 @@ def build(
     parts: int,
     loss: str,
     clip: float,
-    epsilon: float,
-    delta: float,
+    mechanism: Gaussian,
+    rng: SecretRandom,
     x_val: torch.Tensor | None = None,
     y_val: torch.Tensor | None = None,
-    rng: np.random.Generator | None = None,
 ) -> AttributionState:
-    """Noisy per-provider gradient sums (Gaussian mechanism at (ε, δ)) and H⁻¹ from the validation set."""
-    if epsilon <= 0:
-        raise UsageError("attribution needs an ε > 0 for its Gaussian mechanism")
-    rng = rng or np.random.default_rng(np.random.SeedSequence(entropy=None))
+    """Noisy per-provider gradient sums (the plan's Gaussian mechanism) and H⁻¹ from the validation set.
+
+    The noise comes from the enclave's cryptographic stream, as DP-SGD's does (`SecretRandom.normal`).
+    """
     phi, logits = _features(model, x)
     grads = _per_example(phi, _output_grad(logits, y, loss))
     norms = grads.norm(dim=1, keepdim=True)
     grads = grads * torch.clamp(clip / (norms + 1e-12), max=1.0)
     sums = np.zeros((parts, grads.shape[1]))
     np.add.at(sums, owner, grads.numpy())
-    sigma = gaussian_noise_multiplier(epsilon, delta)
-    noisy = sums + rng.normal(0.0, sigma * clip, size=sums.shape)
+    sigma = mechanism.noise_multiplier
+    noise = rng.normal32(sums.size).reshape(sums.shape).astype(np.float64)
+    noisy = sums + (sigma * clip) * noise
     d = grads.shape[1]
     if x_val is not None and y_val is not None and len(x_val):
         phi_v, logits_v = _features(model, x_val)

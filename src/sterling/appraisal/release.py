@@ -7,7 +7,7 @@ enters its value:
 
     v   = (H_val + λI)⁻¹ ∇L_val(θ) / ‖·‖   the direction: the DP-trained θ and the consumer's data only
     t_i = clip_[−c, c](vᵀ ĝ_i)              ĝ_i = ∇ℓ_i(θ) clipped to norm C, and c ≤ C
-    V_p = Σ_{i ∈ p} t_i + Laplace(c/ε)
+    V_p = Σ_{i ∈ p} t_i + noise             on an integer grid of c/2¹⁶, exact discrete Laplace
 
 The term bound c: a row's term is a projection onto one direction and is
 usually far smaller than C, so noise of scale C/ε would drown the signal
@@ -16,12 +16,15 @@ therefore the `term_quantile` quantile of |vᵀ ĝ_j| over the consumer's own
 validation rows, which say nothing about any provider's data; terms beyond
 it are clipped.
 
-Adding or removing one row of provider p moves V_p by at most c and leaves
-every other provider's value unchanged, so each release is ε-DP for p's data
-(parallel composition across providers), on top of the (ε, δ) the DP-SGD
-run that produced θ spent; each provider is charged ε. The Hessian comes
-from the consumer's validation set, not from training rows, which would
-otherwise enter every provider's value through H⁻¹.
+Replacing one row of provider p moves V_p by at most 2c (a term goes from
+−c to c) and leaves every other provider's value unchanged, so each release
+is ε-DP for p's data (parallel composition across providers), composed with
+the DP-SGD run that produced θ in the job's one accountant. The terms are
+rounded to a grid and summed as integers, and the noise is discrete Laplace
+of scale 2c/ε drawn exactly from the enclave's secret stream
+(`sterling.privacy.noise`), so the guarantee holds for the numbers computed.
+The Hessian comes from the consumer's validation set, not from training
+rows, which would otherwise enter every provider's value through H⁻¹.
 
 Which parameters: for logistic regression (only the last linear layer has
 parameters) the closed form of `HeadTerms`, v by a direct solve. For
@@ -53,7 +56,10 @@ from sterling.appraisal import AppraisalData, AppraisalResult, provider_sums
 from sterling.appraisal.network_terms import Curvature, GaussNewton, clipped_dots, direction
 from sterling.appraisal.solvers import ConjugateGradient, solve_direct
 from sterling.appraisal.terms import CHUNK, HeadTerms, split_head
+from sterling.crypto.entropy import SecretRandom
 from sterling.errors import UsageError
+from sterling.privacy.mechanisms import values_release
+from sterling.privacy.noise import Grid, discrete_laplace_sd, release_sums
 
 #: Above this many last-layer parameters the direction is found by conjugate gradients.
 MAX_DIRECT = 2048
@@ -73,7 +79,7 @@ def is_network(model: nn.Module) -> bool:
 
 
 class PrivateInfluence:
-    """Per-provider influence released with Laplace noise of scale `clip`/`epsilon`."""
+    """Per-provider influence released with exact discrete Laplace noise of scale 2c/ε (module docstring)."""
 
     def __init__(
         self,
@@ -82,7 +88,7 @@ class PrivateInfluence:
         epsilon: float,
         damping: float = 0.01,
         term_quantile: float | None = 0.95,
-        rng: np.random.Generator | None = None,
+        rng: SecretRandom | None = None,
         curvature: Curvature | None = None,
         cg: ConjugateGradient | None = None,
         chunk: int = CHUNK,
@@ -94,9 +100,11 @@ class PrivateInfluence:
             raise UsageError(f"term_quantile must be in (0, 1], got {term_quantile}")
         self.clip = clip
         self.epsilon = epsilon
+        #: What the plan calls this release; its ε and replace-one sensitivity.
+        self.release = values_release(epsilon)
         self.damping = damping
         self.term_quantile = term_quantile
-        self.rng = rng if rng is not None else np.random.default_rng()
+        self.rng = rng if rng is not None else SecretRandom.from_os()
         #: For networks: the validation loss's curvature and the solver of (C_val + λI)v = ∇L_val.
         self.curvature: Curvature = curvature or GaussNewton()
         self.cg = cg or ConjugateGradient(tol=NETWORK_TOL, max_iter=NETWORK_ITERATIONS)
@@ -109,9 +117,14 @@ class PrivateInfluence:
         self.network = False
 
     @property
-    def scale(self) -> float:
-        """The Laplace scale b = c/ε (standard deviation b·√2)."""
-        return self.term_clip / self.epsilon
+    def grid(self) -> Grid:
+        """Terms bounded to [−c, c], on 2¹⁶ steps per c."""
+        return Grid(self.term_clip)
+
+    @property
+    def noise_sd(self) -> float:
+        """The standard deviation of one released value's noise, in the values' units (≈ 2√2·c/ε)."""
+        return discrete_laplace_sd(self.release.scale) * self.grid.step
 
     def _clipped(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, v: torch.Tensor
@@ -133,7 +146,7 @@ class PrivateInfluence:
     @property
     def method(self) -> str:
         name = f"cg_influence[{self.curvature.name}]" if self.network else "influence"
-        return f"{name}+laplace(c={self.term_clip:.3g},eps={self.epsilon:g})"
+        return f"{name}+discrete_laplace(c={self.term_clip:.3g},eps={self.epsilon:g})"
 
     def direction(self, model: nn.Module, data: AppraisalData) -> torch.Tensor:
         """v: the unit vector (H_val + λI)⁻¹∇L_val, from the model and the consumer's validation set only."""
@@ -172,7 +185,11 @@ class PrivateInfluence:
         )
 
     def fit(self, model: nn.Module, data: AppraisalData) -> AppraisalResult:
-        exact = self.noiseless(model, data).per_provider
-        noise = self.rng.laplace(0.0, self.scale, size=len(exact))
-        released = tuple(float(v + z) for v, z in zip(exact, noise, strict=True))
+        """Each provider's sum of grid-rounded terms plus discrete Laplace noise, scaled back."""
+        terms = self.noiseless(model, data).per_example
+        assert terms is not None
+        steps = self.grid.quantize(terms)
+        sums = [int(steps[data.owner == p].sum()) for p in range(data.parts)]
+        noisy = release_sums(self.rng, sums, epsilon=self.epsilon, sensitivity=self.release.sensitivity)
+        released = tuple(self.grid.value(s) for s in noisy)
         return AppraisalResult(self.method, released, None, epsilon=self.epsilon)

@@ -1,7 +1,7 @@
 """Compiled contract artefacts: built from the Vyper sources, loaded at run time.
 
 The artefacts (ABI, bytecode) are committed in `artifacts/` so that a user
-needs no compiler to talk to a chain; `tests/contracts/test_artifacts.py`
+needs no compiler to talk to a chain; `tests/contracts/test_digests_match.py`
 recompiles the sources and proves the committed files match them.
 Rebuild with `sterling chain compile`.
 """

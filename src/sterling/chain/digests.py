@@ -54,7 +54,9 @@ def settlement_digest(
     payouts: Sequence[int],
     spent: Sequence[int],
     weights: Sequence[int],
+    receipt_hash: bytes,
 ) -> bytes:
+    """What the enclave signs to settle a job; `receipt_hash` is the sha256 of the receipt behind `spent`."""
     return keccak(
         encode(
             [
@@ -68,6 +70,7 @@ def settlement_digest(
                 "uint256[]",
                 "uint256[]",
                 "uint256[]",
+                "bytes32",
             ],
             [
                 SETTLEMENT_TAG,
@@ -80,6 +83,7 @@ def settlement_digest(
                 list(payouts),
                 list(spent),
                 list(weights),
+                receipt_hash,
             ],
         )
     )

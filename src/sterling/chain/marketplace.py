@@ -20,6 +20,7 @@ from web3.types import TxReceipt
 from sterling.chain import artifacts, digests
 from sterling.chain.node import Chain
 from sterling.chain.types import (
+    ZERO32,
     Allocation,
     Budget,
     Enclave,
@@ -329,6 +330,7 @@ class Marketplace(ContractClient):
         payouts: Sequence[int],
         spent: Sequence[int],
         weights: Sequence[int],
+        receipt_hash: bytes,
     ) -> bytes:
         return digests.settlement_digest(
             chain_id=self.chain.chain_id,
@@ -340,6 +342,7 @@ class Marketplace(ContractClient):
             payouts=payouts,
             spent=spent,
             weights=weights,
+            receipt_hash=receipt_hash,
         )
 
     def complete_job(
@@ -353,9 +356,14 @@ class Marketplace(ContractClient):
         payouts: Sequence[int],
         spent: Sequence[int],
         weights: Sequence[int],
+        receipt_hash: bytes,
+        receipt_uri: str,
         signature: bytes | None = None,
     ) -> TxReceipt:
-        """Settle `job_id`. Signs the settlement digest with `enclave` unless given `signature`."""
+        """Settle `job_id`, charging `spent` (micro-ε) as the privacy receipt at `receipt_uri` accounts.
+
+        Signs the settlement digest with `enclave` unless given `signature`.
+        """
         if signature is None:
             digest = self.settlement_digest(
                 job_id,
@@ -365,6 +373,7 @@ class Marketplace(ContractClient):
                 payouts=payouts,
                 spent=spent,
                 weights=weights,
+                receipt_hash=receipt_hash,
             )
             signature = digests.sign_digest(enclave, digest)
         return self._send(
@@ -377,13 +386,29 @@ class Marketplace(ContractClient):
             list(payouts),
             list(spent),
             list(weights),
+            receipt_hash,
+            receipt_uri,
             signature,
         )
 
-    def fail_job(self, enclave: LocalAccount, job_id: int, *, reason: str) -> None:
-        """Fail the job (full refund); the reason is cut to the contract's 256 bytes of UTF-8."""
+    def fail_job(
+        self,
+        enclave: LocalAccount,
+        job_id: int,
+        *,
+        reason: str,
+        spent: Sequence[int] = (),
+        receipt_hash: bytes = ZERO32,
+        receipt_uri: str = "",
+    ) -> None:
+        """Fail the job with a full refund; the reason is cut to the contract's 256 bytes of UTF-8.
+
+        With `spent` empty nothing is charged (no data key was released). Otherwise `spent`
+        has one micro-ε figure per listing, charged to its budget, and `receipt_hash` is the
+        sha256 of the privacy receipt that accounts for it; the rest of each reservation is released.
+        """
         text = reason.encode()[:256].decode(errors="ignore")
-        self._send(enclave, "fail_job", job_id, text)
+        self._send(enclave, "fail_job", job_id, text, list(spent), receipt_hash, receipt_uri)
 
     def job_count(self) -> int:
         return int(self._call("job_count"))

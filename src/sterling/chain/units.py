@@ -7,7 +7,7 @@ rounded, so what a user typed is what the chain enforces.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
 from sterling.errors import UsageError
 
@@ -47,3 +47,10 @@ def to_delta(delta: float | str | Decimal) -> int:
 
 def from_delta(fixed: int) -> float:
     return fixed / DELTA_SCALE
+
+
+def charge_micro(epsilon: float) -> int:
+    """ε spent as the micro-ε charged for it: rounded *up*, so a budget is never charged less than ran."""
+    if not (epsilon >= 0 and epsilon == epsilon and epsilon != float("inf")):
+        raise UsageError(f"an ε spent must be a finite number ≥ 0, got {epsilon}")
+    return int((Decimal(repr(epsilon)) * MICRO).to_integral_value(rounding=ROUND_CEILING))

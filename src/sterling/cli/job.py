@@ -103,14 +103,19 @@ def verify(
     elif report.ok:
         s = report.summary
         table = Table(
-            title=f"job passes: {s['model_family']}, {s['steps']} steps, σ={s['noise_multiplier']:.3f}"
+            title=f"job passes: {s['model_family']}, {s['steps']} steps, σ={s['noise_multiplier']:.3f}, "
+            f"ε under replace-one adjacency"
         )
         table.add_column("listing")
-        table.add_column("ε", justify="right")
+        table.add_column("ε, at most", justify="right")
         table.add_column("price (wei)", justify="right")
         for lid, eps in s["epsilon_per_listing"].items():
             table.add_row(lid, f"{eps:.4f}", str(s["price_per_listing_wei"][lid]))
-        table.add_row("total", f"PLD {s['epsilon_training']['pld']:.4f} + release", str(s["price_total_wei"]))
+        table.add_row(
+            "total",
+            f"run {s['epsilon_training']['pld']:.4f}, all releases composed {s['epsilon_total']:.4f}",
+            str(s["price_total_wei"]),
+        )
         console.print(table)
     else:
         for v in report.violations:
@@ -238,7 +243,8 @@ def result(
     """Fetch a completed job's model, check its hash against the chain, and decrypt it with your key.
 
     Writes the model bundle (an .npz without pickles: graph, weights and the released metrics)
-    to --out, which appears only once everything verified.
+    to --out, which appears only once everything verified. A job whose contract kept no
+    provider completed without a model: the bundle then holds what was released, no weights.
     """
     from sterling.files import atomic_write
     from sterling.sdk.consumer import fetch_result
@@ -251,6 +257,14 @@ def result(
     info = {"job_id": job_id, "out": str(out), "model_family": bundle.graph.family, **bundle.info}
     if fmt is Format.json:
         emit_json(info)
+        return
+    if not bundle.has_model:
+        console.print(
+            f"job {job_id} completed without a model ({bundle.info.get('reason', 'none was trained')}); "
+            f"what it released (appraisal, ε charged) is written to {out}\n"
+            f"  ε spent {bundle.info.get('epsilon_spent', 0):.3f}; "
+            f"check it with `sterling privacy receipt {job_id}`"
+        )
         return
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in bundle.info.get("metrics", {}).items()) or "none released"
     console.print(

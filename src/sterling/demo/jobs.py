@@ -27,23 +27,23 @@ DELTA = 1e-5
 
 
 def demo_cnn(*, classes: int) -> ModelGraph:
-    """The researcher's CNN: the `cnn` template with a third convolution and pooling before the head.
+    """The researcher's CNN: three convolutions of 8, 16 and 16 channels, each with group norm,
+    ReLU and pooling, down to 3×3 before the linear head.
 
-    Pooling to 3×3 before the linear layer shrinks the head from 7,845 parameters to 1,445 (the
-    model grows from 13,029 to 15,941 with the 32→32 convolution on 7×7 maps, which costs little
-    time): the head sums evidence over larger patches of the retina, as counting lesions wants, and
-    DP-SGD's noise lands on fewer head weights. Measured on the demo's synthetic data at ε = 3
-    (seed 0): test accuracy 0.52 with the template, 0.61 with this; the twin 0.66 and 0.67
-    (docs/retinopathy-data.md).
+    Narrow on purpose. Under replace-one accounting the CNN needs σ ≈ 4 at ε 3, and DP-SGD's noise
+    grows with the parameters it lands on: the 16-32-32 network of before (15,941 parameters)
+    reached 0.589 on the synthetic test set (4 secret streams, lr 1.0) and sometimes collapsed in
+    the small test market; this one (4,773 parameters) reached 0.619, never collapsed, and trains
+    three times faster (docs/retinopathy-data.md).
     """
     block = (GroupNorm(groups=4), Activation(type="relu"), Pool(type="avgpool", kernel=2))
     return ModelGraph(
         layers=(
+            Conv2d(out=8, kernel=3, padding=1),
+            *block,
             Conv2d(out=16, kernel=3, padding=1),
             *block,
-            Conv2d(out=32, kernel=3, padding=1),
-            *block,
-            Conv2d(out=32, kernel=3, padding=1),
+            Conv2d(out=16, kernel=3, padding=1),
             *block,
             Flatten(),
             Linear(out=classes),
@@ -73,6 +73,8 @@ class JobRecord:
     twin_curve: list[dict[str, float]] = field(default_factory=list)
     #: The DP model's accuracy on the researcher's validation set after each epoch (from the enclave).
     dp_curve: list[dict[str, float]] = field(default_factory=list)
+    #: The privacy receipt, checked against the chain (`sterling privacy receipt`).
+    receipt: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -83,9 +85,11 @@ def job_body(
     classes = len(pool.classes)
     rows = pool.rows
     cnn = family == "cnn"
-    # Half the appraisal ε screens labels: at 0.45 the CNN's screen flags the noise seller's 129
-    # RetinaMNIST rows on the pilot model (at 0.15 it missed them; docs/retinopathy-data.md).
-    appraisal_eps = round((0.3 if cnn else 0.1) * epsilon_per_run, 6)
+    # Most of the appraisal ε screens labels (the influence values only split the bonus). Under
+    # replace-one accounting the screen's noise doubled; appraising the whole first run at 0.4·ε,
+    # 0.8 of it screening, flagged the synthetic noise seller in 4 of 4 secret streams, where half
+    # a run at 0.3·ε (the setting under add/remove) flagged it in 4 of 7 (docs/retinopathy-data.md).
+    appraisal_eps = round((0.4 if cnn else 0.1) * epsilon_per_run, 6)
     # An upper bound: two whole runs. The verifier's own count (pilot and one run) is lower.
     reserved = round(2 * epsilon_per_run + appraisal_eps + 0.05, 4)
     return Job.parse(
@@ -119,12 +123,13 @@ def job_body(
             "release": {
                 "appraisal_values": True,
                 "appraisal_epsilon": appraisal_eps,
+                "screening_share": 0.8,
                 "retrain_without_dropped": True,
                 "drop_flagged": True,
-                # Appraise on the first half of the run, then train the released model: 1.5 runs
-                # instead of 2 when the noise seller is dropped, 1 when no one is. At 0.3 the pilot
-                # model was too weak for the screen to flag the noise seller (docs/retinopathy-data.md).
-                "pilot_fraction": 0.5,
+                # The CNN appraises its whole first run and retrains only if someone is dropped (two
+                # runs then, one otherwise): half a run's model was too weak, under replace-one noise,
+                # to flag the noise seller reliably. The logistic regression pilots half its run.
+                "pilot_fraction": 1.0 if cnn else 0.5,
             },
             # No keep() hook: on these small DP models the influence values are too noisy to drop
             # anyone by; the researcher drops what the enclave's label screen flags as fake instead.
@@ -158,5 +163,6 @@ def job_json(j: JobRecord) -> dict[str, Any]:
         "progress": j.progress,
         "twin_curve": j.twin_curve,
         "dp_curve": j.dp_curve,
+        "receipt": j.receipt,
         "seconds": j.seconds,
     }

@@ -323,10 +323,8 @@ class Demo:
             family, chosen or ids, epsilon_per_run, b.validation_uri, data.pool.schema, seed=self.o.seed
         )
         report = verify(job, views)
-        if report.ok:
-            refusals = buyer.precheck_contracts(
-                market, job, consumer=researcher.address, summary=report.summary
-            )
+        if report.ok and report.plan is not None:
+            refusals = buyer.precheck_contracts(market, job, consumer=researcher.address, plan=report.plan)
             rec.excluded.update({str(lid): why for lid, why in refusals.items()})
             chosen = [lid for lid in chosen if lid not in refusals]
             job = job_body(
@@ -357,6 +355,19 @@ class Demo:
         rec.paid_wei = sum(a.payout for a in chain_job.allocations)
         rec.epsilon_charged = {str(a.listing_id): from_micro(a.spent) for a in chain_job.allocations}
         bundle = buyer.fetch_result(market, submitted.job_id, key)
+        # What any provider can do: check the charge against the privacy receipt, trusting no one.
+        from sterling.sdk.receipts import check_receipt
+
+        checked = check_receipt(market, submitted.job_id)
+        rec.receipt = {
+            "ok": checked.ok,
+            "sha256": checked.to_json()["receipt_sha256"],
+            "problems": checked.problems,
+        }
+        verdict = "checks out" if checked.ok else "MISMATCH: " + "; ".join(checked.problems)
+        self.r.say(
+            f"{label}: privacy receipt {verdict} (ε recomputed from what ran, against the chain's charge)"
+        )
         rec.steps = int(bundle.info.get("steps", 0))
         rec.appraisal = dict(bundle.info.get("appraisal") or {})
         per_epoch = max(1.0, 1 / float(bundle.info.get("sample_rate") or 1.0))

@@ -20,6 +20,7 @@ from typing import Any
 from sterling.enclave.sandbox import HostApi, Sandbox
 from sterling.errors import ContractError, UsageError
 from sterling.privacy.graph import FAMILIES
+from sterling.privacy.plan import TrainingPlan
 
 #: Consumer hooks the enclave calls. Planned, not yet called: ``metrics(names)`` (which
 #: metrics may leave the enclave) and ``payout(values)`` (how to split the budget).
@@ -207,11 +208,13 @@ def provider_request(
     listing_id: int,
     epsilon: float,
     consumer: str,
-    summary: dict[str, Any],
+    plan: TrainingPlan,
     chain_id: int,
     marketplace: str,
 ) -> dict[str, Any]:
     """The request a provider contract's ``check`` sees for one listing of `job` (a privacy Job).
+
+    `plan` is the verifier's plan for `job`: what the contract sees of the training is what runs.
 
     The enclave and the consumer's client build it the same way, so a client can run a
     provider's published contract before submitting and see the answer the enclave will get.
@@ -224,8 +227,9 @@ def provider_request(
         "model_family": job.model.family,
         "purpose": job.purpose,
         "job_name": job.name,
-        "noise_multiplier": summary["noise_multiplier"],
-        "steps": summary["steps"],
+        "noise_multiplier": plan.noise_multiplier,
+        "steps": plan.steps,
+        "neighbours": plan.neighbours,
         "credentials": list(job.credentials),
         "chain_id": chain_id,
         "marketplace": marketplace,

@@ -9,21 +9,31 @@ For each job it holds, in this order and stopping at the first refusal
 3. re-run the verifier against the listings as the chain shows them;
 4. run every provider's contract (`check`) in the sandbox;
 5. only then approve the job, so the key manager releases its data keys;
-6. fetch, verify and decrypt each listing's data in memory, train with
-   DP-SGD (heartbeats with public progress renew the lease), evaluate,
-   appraise;
-7. encrypt the model to the consumer, store it, and complete the job with a
-   signature over the settlement.
+6. fetch, verify and decrypt each listing's data in memory, and execute the
+   verifier's plan (`enclave/training.py`: DP-SGD, appraisal, releases), with
+   heartbeats that renew the lease and report progress on a public schedule;
+7. encrypt the result to the consumer, store it and the privacy receipt,
+   and complete the job with a signature over the settlement.
+
+Every outcome after the data keys are released is charged: a job whose
+consumer contract drops every provider completes without a model, charged
+its pilot and appraisal; a failure after training began is failed on chain
+with the ε of what ran (and a fixed reason: its details stay in the
+enclave's log). Before the keys are released, a refusal charges nothing.
 
 A worker that dies leaves its lease to run out; another worker of the same
 measurement (sharing the key manager) then claims the job and starts it
 again. Nothing is paid or charged before completion, and completion happens
-once, so nothing is paid or charged twice.
+once, so nothing is paid or charged twice. Until a pilot's appraisal, what
+the chain shows of a job (steps on a public schedule, the ε of that
+schedule) depends on public values only, so a worker that dies before then
+released nothing. One that dies after may have shown, by its pace, which
+path appraisal chose: the worker that takes over charges that pilot and
+its appraisal too (`prior_releases`).
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -34,11 +44,13 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eth_account.signers.local import LocalAccount
 
+from sterling.appraisal.payouts import payout_plan
 from sterling.chain.marketplace import Marketplace
 from sterling.chain.types import ZERO32, Job, JobState, Listing
 from sterling.chain.units import MICRO, from_delta, from_micro, to_delta
 from sterling.crypto import container, seal
-from sterling.data.dataset import Dataset, Schema
+from sterling.crypto.entropy import SecretRandom
+from sterling.data.dataset import Dataset
 from sterling.enclave.heartbeat import Heartbeat, LeaseLost
 from sterling.enclave.host import ChainHost
 from sterling.enclave.keymanager import KeyManager, worker_account
@@ -52,10 +64,13 @@ from sterling.errors import (
     NotFound,
     SterlingError,
 )
-from sterling.privacy import accountant
 from sterling.privacy.job import Job as JobBody
+from sterling.privacy.mechanisms import Mechanism
+from sterling.privacy.plan import TrainingPlan
+from sterling.privacy.receipt import Receipt, prior_name
 from sterling.privacy.verifier import ListingView, verify
 from sterling.storage.blobs import BlobStore, fetch_verified
+from sterling.storage.manifest import Manifest
 
 ETHER = 10**18
 #: A local chain funds a new worker's gas from its first development account.
@@ -64,6 +79,18 @@ DEV_FUNDING = 10 * ETHER
 
 class JobRefused(EnclaveError):
     """The job may not run; the reason goes on chain with `fail_job` (and the consumer is refunded)."""
+
+
+#: The reason on chain for a failure after training began: fixed, so that it says nothing of the data.
+FAILED_AFTER_TRAINING = "failed after training began; charged the epsilon of what ran (see the receipt)"
+
+
+class ChargedFailure(EnclaveError):
+    """The job failed after mechanisms ran on its data: it is failed on chain with their charge."""
+
+    def __init__(self, detail: str, receipt: Receipt) -> None:
+        super().__init__(detail)
+        self.receipt = receipt
 
 
 @dataclass(frozen=True)
@@ -110,9 +137,13 @@ class Worker:
         options: WorkerOptions = WorkerOptions(),
         log: Callable[[str], None] = _nothing,
         state_dir: Path | None = None,
+        entropy: SecretRandom | None = None,
     ) -> None:
         from sterling.enclave.sandbox import Sandbox
 
+        #: The enclave's secret randomness, from the operating system. Tests may pass a repeatable
+        #: one (`SecretRandom.for_tests`); nothing a job holds reaches it.
+        self.entropy = entropy if entropy is not None else SecretRandom.from_os()
         #: Where the enclave keeps sealed state (its keys, and models it serves); None keeps no models.
         self.state_dir = state_dir
         self.market = market
@@ -136,11 +167,14 @@ class Worker:
         *,
         options: WorkerOptions = WorkerOptions(),
         log: Callable[[str], None] = _nothing,
+        entropy: SecretRandom | None = None,
     ) -> Worker:
         """A worker whose keys live (sealed) in `state_dir`; created on first use."""
         keys = KeyManager(tee, state_dir)
         account = worker_account(tee, state_dir, options.name)
-        return cls(market, tee, keys, account, store, options=options, log=log, state_dir=state_dir)
+        return cls(
+            market, tee, keys, account, store, options=options, log=log, state_dir=state_dir, entropy=entropy
+        )
 
     # ------------------------------------------------------------ status
 
@@ -253,7 +287,8 @@ class Worker:
         started = time.monotonic()
         job = self.market.job(job_id)
         mine = job.state is JobState.CLAIMED and job.enclave.lower() == self.address.lower()
-        if mine and self._now() <= job.lease_deadline:
+        resumed = mine and self._now() <= job.lease_deadline
+        if resumed:
             self.log(f"job {job_id}: resuming the job this worker holds")
         else:
             try:
@@ -264,9 +299,12 @@ class Worker:
         interval = min(self.options.progress_seconds, self.market.lease_seconds() / 3)
         try:
             with Heartbeat(self.market, self.account, job_id, interval=interval, log=self.log) as beat:
-                details = self._run(job_id, beat)
+                details = self._run(job_id, beat, resumed=resumed)
         except JobRefused as exc:
             return self._fail(job_id, str(exc), started)
+        except ChargedFailure as exc:
+            self.log(f"job {job_id}: {exc}")
+            return self._fail(job_id, FAILED_AFTER_TRAINING, started, receipt=exc.receipt)
         except LeaseLost as exc:
             self.log(f"job {job_id}: {exc}")
             return Handled(job_id, "skipped", str(exc), time.monotonic() - started)
@@ -279,34 +317,49 @@ class Worker:
         self.log(f"job {job_id}: completed in {time.monotonic() - started:.1f} s")
         return Handled(job_id, "completed", "", time.monotonic() - started, details)
 
-    def _fail(self, job_id: int, reason: str, started: float) -> Handled:
+    def _fail(self, job_id: int, reason: str, started: float, *, receipt: Receipt | None = None) -> Handled:
         self.log(f"job {job_id}: failed: {reason}")
         try:
-            self.market.fail_job(self.account, job_id, reason=reason)
+            if receipt is None:
+                self.market.fail_job(self.account, job_id, reason=reason)
+            else:
+                ref = self.store.put_bytes(receipt.to_bytes())
+                self.market.fail_job(
+                    self.account,
+                    job_id,
+                    reason=reason,
+                    spent=receipt.micro_epsilon,
+                    receipt_hash=ref.sha256,
+                    receipt_uri=ref.uri,
+                )
         except ContractRevert as revert:
             return Handled(job_id, "skipped", f"could not fail the job: {revert.reason}")
         return Handled(job_id, "failed", reason, time.monotonic() - started)
 
-    def _run(self, job_id: int, beat: Heartbeat) -> dict[str, Any]:
+    def _run(self, job_id: int, beat: Heartbeat, *, resumed: bool = False) -> dict[str, Any]:
         market = self.market
         job = market.job(job_id)
         body = self._open_body(job)
         listings = [market.listing(a.listing_id) for a in job.allocations]
         manifests = [self._manifest(listing) for listing in listings]
         report = verify(body, self._views(job, listings, manifests))
-        if not report.ok:
+        if not report.ok or report.plan is None:
             raise JobRefused("verification failed: " + "; ".join(v.message for v in report.violations))
-        self.log(f"job {job_id}: verified ({body.model.family}, ε {report.summary['epsilon_total']:.3f})")
-        self._check_contracts(job, body, listings, manifests, report.summary)
+        plan = report.plan
+        self.log(
+            f"job {job_id}: verified ({body.model.family}, up to ε {report.summary['epsilon_total']:.3f})"
+        )
+        self._check_contracts(job, body, listings, manifests, plan)
         self.keys.approve(market, job_id)
         datasets = [
             self._decrypt(job_id, listing, manifest)
             for listing, manifest in zip(listings, manifests, strict=True)
         ]
         validation = self._validation(body)
-        outcome = self._train(job, body, report.summary, datasets, validation, beat)
+        prior = self.prior_releases(job, plan, resumed=resumed)
+        outcome = self._train(job, body, plan, datasets, validation, beat, prior)
         beat.check()
-        return self._settle(job, body, manifests, outcome)
+        return self._settle(job, body, manifests, plan, outcome)
 
     # ---- steps of _run
 
@@ -346,29 +399,24 @@ class Worker:
             )
         return body
 
-    def _manifest(self, listing: Listing) -> dict[str, Any]:
-        from sterling.storage.manifest import read_manifest
+    def _manifest(self, listing: Listing) -> Manifest:
+        from sterling.storage.manifest import load_manifest
 
         try:
-            manifest = read_manifest(listing.data_uri)
-            Schema.from_json(manifest["schema"])
+            return load_manifest(listing.data_uri)
         except (SterlingError, OSError, ValueError, KeyError) as exc:
             raise JobRefused(f"listing {listing.id}: its manifest cannot be read ({exc})") from None
-        return manifest
 
-    def _views(
-        self, job: Job, listings: list[Listing], manifests: list[dict[str, Any]]
-    ) -> dict[int, ListingView]:
+    def _views(self, job: Job, listings: list[Listing], manifests: list[Manifest]) -> dict[int, ListingView]:
         """The listings as the chain shows them, with this job's own reservation added back."""
         own: dict[bytes, int] = {}
         for a, listing in zip(job.allocations, listings, strict=True):
             own[listing.data_hash] = own.get(listing.data_hash, 0) + a.reserved
         views = {}
         for a, listing, manifest in zip(job.allocations, listings, manifests, strict=True):
-            families = (manifest.get("terms") or {}).get("allowed_model_families")
             views[listing.id] = ListingView(
                 listing_id=listing.id,
-                schema=Schema.from_json(manifest["schema"]),
+                schema=manifest.schema,
                 max_epsilon_per_job=from_micro(listing.terms.max_epsilon_per_job),
                 remaining_epsilon=from_micro(listing.budget.remaining + own[listing.data_hash]),
                 delta=from_delta(listing.budget.delta),
@@ -376,7 +424,8 @@ class Worker:
                 price_per_epsilon_wei=listing.terms.price_per_epsilon,
                 open=listing.active,
                 quote_wei=a.price,
-                allowed_families=tuple(families) if families else None,
+                allowed_families=manifest.terms.allowed_model_families,
+                data_hash=listing.data_hash,
             )
         return views
 
@@ -385,8 +434,8 @@ class Worker:
         job: Job,
         body: JobBody,
         listings: list[Listing],
-        manifests: list[dict[str, Any]],
-        summary: dict[str, Any],
+        manifests: list[Manifest],
+        plan: TrainingPlan,
     ) -> None:
         from sterling.enclave.contracts import judge, provider_request
 
@@ -394,9 +443,9 @@ class Worker:
         for ask, listing, manifest in zip(body.listings, listings, manifests, strict=True):
             if listing.contract_hash == ZERO32:
                 continue
-            ref = manifest.get("contract") or {}
+            uri = manifest.contract.uri if manifest.contract is not None else ""
             try:
-                source = fetch_verified(str(ref.get("uri", "")), listing.contract_hash).decode()
+                source = fetch_verified(uri, listing.contract_hash).decode()
             except (SterlingError, OSError, UnicodeDecodeError) as exc:
                 raise JobRefused(
                     f"listing {listing.id}: its contract is missing or corrupt ({exc})"
@@ -406,24 +455,24 @@ class Worker:
                 listing_id=listing.id,
                 epsilon=ask.epsilon,
                 consumer=job.consumer,
-                summary=summary,
+                plan=plan,
                 chain_id=self.market.chain.chain_id,
                 marketplace=self.market.address,
             )
             host = ChainHost(
-                self.market, job=public, listing={**listing.to_json(), "schema": manifest["schema"]}
+                self.market, job=public, listing={**listing.to_json(), "schema": manifest.schema.to_json()}
             )
             problem = judge(self.sandbox, source, request, host=host)
             if problem is not None:
                 raise JobRefused(f"listing {listing.id}: {problem}")
         self.log(f"job {job.id}: every provider contract accepts")
 
-    def _decrypt(self, job_id: int, listing: Listing, manifest: dict[str, Any]) -> Dataset:
+    def _decrypt(self, job_id: int, listing: Listing, manifest: Manifest) -> Dataset:
         try:
             key = self.keys.data_key(self.market, job_id, listing, worker=self.address)
         except IntegrityError as exc:  # sealed for another listing, provider, chain or enclave
             raise JobRefused(str(exc)) from None
-        uri = str((manifest.get("ciphertext") or {}).get("uri", ""))
+        uri = manifest.ciphertext.uri if manifest.ciphertext is not None else ""
         try:
             plain = container.decrypt_bytes(fetch_verified(uri, listing.data_hash), key)
             dataset = Dataset.from_bytes(plain, source=f"listing {listing.id}")
@@ -440,7 +489,7 @@ class Worker:
                 f"listing {listing.id} (blob {listing.data_hash.hex()}): its data is missing or corrupt "
                 f"in storage: {why} ({uri})"
             ) from None
-        if dataset.schema != Schema.from_json(manifest["schema"]):
+        if dataset.schema != manifest.schema:
             raise JobRefused(f"listing {listing.id}: its data does not match the schema it was listed with")
         return dataset
 
@@ -454,68 +503,80 @@ class Worker:
         except (SterlingError, OSError, ValueError) as exc:
             raise JobRefused(f"the validation set at {uri} cannot be used ({exc})") from None
 
+    def prior_releases(self, job: Job, plan: TrainingPlan, *, resumed: bool) -> tuple[Mechanism, ...]:
+        """What earlier holders of this job may have made public before they died, to be charged now.
+
+        Only a job that appraises a pilot has a path chosen by its data before settlement, and a
+        holder shows which only once past the pilot (its pace and its steps change). So each
+        earlier holder whose last reported step passed the pilot is charged that pilot and its
+        appraisal releases, as the receipt names them (`prior.<n>.…`). A resumed job's own claim
+        was an earlier holder too (a restarted worker lost its run).
+        """
+        if not plan.retrains:
+            return ()
+        holders: list[int] = []  # the highest step each claim reported
+        for ev in self.market.job_events(job.id):
+            if ev.name == "JobClaimed":
+                holders.append(0)
+            elif ev.name == "JobProgress" and holders:
+                holders[-1] = max(holders[-1], int(ev.args["step"]))
+        earlier = holders if resumed else holders[:-1]
+        prior: list[Mechanism] = []
+        for n, reached in enumerate(earlier, start=1):
+            if reached > (plan.pilot_steps or 0):
+                prior += [prior_name(n, m) for m in (plan.pilot, *plan.appraisal)]
+        if prior:
+            self.log(f"job {job.id}: an earlier holder passed its pilot; its appraisal is charged too")
+        return tuple(prior)
+
     def _train(
         self,
         job: Job,
         body: JobBody,
-        summary: dict[str, Any],
+        plan: TrainingPlan,
         datasets: list[Dataset],
         validation: Dataset | None,
         beat: Heartbeat,
+        prior: tuple[Mechanism, ...],
     ) -> Any:
-        from sterling.enclave import training
+        from sterling.enclave.training import Training
 
-        sigma, q, delta = (
-            float(summary["noise_multiplier"]),
-            float(summary["sample_rate"]),
-            body.training.delta,
-        )
-        steps, runs = int(summary["steps"]), int(summary.get("training_runs", 1))
-
-        def pld(n: int) -> float:
-            # Progress only: the coarser PLD grid is still an upper bound and several times cheaper,
-            # which matters when a heartbeat thread computes it beside training on two cores.
-            if n <= 0:
-                return 0.0
-            params = accountant.DpSgdParams(sigma, q, n, delta)
-            return accountant.pld_epsilon(params, accountant.SEARCH_DISCRETIZATION)
-
-        def plan(planned: int) -> None:
-            """ε so far when `step` of `planned` steps are done: one run, or a first run (or its
-            pilot) of `planned - steps` steps and a second run that composes with it."""
-            first = planned - steps
-            if first <= 0:
-                beat.plan(planned, lambda step: pld(min(step, steps)))
-            else:
-                beat.plan(planned, lambda step: pld(min(step, first)) + pld(max(0, step - first)))
-
-        planned = steps + int(summary.get("pilot_steps") or steps) if runs == 2 else steps
-        plan(planned)
-
-        def progress(step: int, total: int) -> None:
-            nonlocal planned
-            # A pilot that drops no one goes on to its run's end: the plan shrinks to that one run.
-            if total != planned:
-                planned = total
-                plan(total)
-            beat.update(step)
-
+        # Progress is public: steps on the plan's schedule (a pilot and a second run while one may
+        # follow) and the ε of the worst path so far, whichever path the data chose.
+        beat.plan(plan.schedule_steps, plan.progress_epsilon)
+        training = None
         try:
-            outcome = training.train(
+            training = Training(
                 body,
-                summary,
+                plan,
                 datasets,
                 listing_ids=[a.listing_id for a in job.allocations],
+                rng=self.entropy.child(f"job:{self.market.chain.chain_id}:{self.market.address}:{job.id}"),
                 validation=validation,
                 keep=self._keep_hook(job, body),
-                progress=progress,
+                progress=beat.update,
+                prior=prior,
                 reserved_epsilon=min(a.reserved for a in job.allocations) / MICRO,
             )
-        except SterlingError as exc:
-            raise JobRefused(f"training failed: {exc}") from None
-        done = int(outcome.info["steps_run"])
-        beat.plan(done, lambda _: outcome.epsilon_spent)
-        beat.finish(done)
+            outcome = training.run()
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            ran = training.ledger.mechanisms() if training is not None else [list(prior) for _ in datasets]
+            if not any(ran):
+                if isinstance(exc, SterlingError):
+                    raise JobRefused(f"training could not start: {exc}") from None
+                raise
+            receipt = Receipt.build(
+                chain_id=self.market.chain.chain_id,
+                marketplace=self.market.address,
+                job_id=job.id,
+                outcome="failed",
+                plan=plan,
+                ran=ran,
+            )
+            raise ChargedFailure(f"{type(exc).__name__}: {exc}", receipt) from None
+        beat.finish(int(outcome.info["steps_run"]))
         return outcome
 
     def _keep_hook(self, job: Job, body: JobBody) -> Any:
@@ -547,19 +608,27 @@ class Worker:
         return keep
 
     def _settle(
-        self, job: Job, body: JobBody, manifests: list[dict[str, Any]], outcome: Any
+        self, job: Job, body: JobBody, manifests: list[Manifest], plan: TrainingPlan, outcome: Any
     ) -> dict[str, Any]:
+        chain = self.market.chain
+        receipt = Receipt.build(
+            chain_id=chain.chain_id,
+            marketplace=self.market.address,
+            job_id=job.id,
+            outcome="model" if outcome.has_model else "no_model",
+            plan=plan,
+            ran=outcome.ran,
+        )
+        receipt_ref = self.store.put_bytes(receipt.to_bytes())
+        outcome.bundle.info["receipt_sha256"] = "0x" + receipt_ref.hex
         model_key = AESGCM.generate_key(bit_length=256)
         ref = self.store.put_bytes(container.encrypt_bytes(outcome.bundle.to_bytes(), model_key))
         binding = seal.model_key_binding(
-            self.market.chain.chain_id, self.market.address, job_id=job.id, result_hash=ref.sha256
+            chain.chain_id, self.market.address, job_id=job.id, result_hash=ref.sha256
         )
         sealed_key = seal.seal(model_key, job.consumer_key, binding)
-        spent = [
-            min(a.reserved, math.ceil(eps * MICRO))
-            for a, eps in zip(job.allocations, outcome.epsilon_per_listing, strict=True)
-        ]
-        fees = [int((m.get("terms") or {}).get("appraisal_fee_wei") or 0) for m in manifests]
+        spent = [min(a.reserved, m) for a, m in zip(job.allocations, receipt.micro_epsilon, strict=True)]
+        fees = [m.terms.appraisal_fee_wei for m in manifests]
         payouts = payout_plan(
             prices=[a.price for a in job.allocations],
             kept=outcome.kept,
@@ -567,8 +636,9 @@ class Worker:
             values=list(outcome.appraisal.per_provider),
             bonus_pool=min(body.bonus_pool_wei, max(0, job.escrow - sum(a.price for a in job.allocations))),
         )
-        weights = outcome.appraisal.weights()
-        if self.state_dir is not None:
+        # No model, no predictions to pay for: zero weights make the chain refuse a prediction fee.
+        weights = outcome.appraisal.weights() if outcome.has_model else [0] * len(job.allocations)
+        if self.state_dir is not None and outcome.has_model:
             from sterling.enclave import serving
 
             path = serving.serving_path(self.state_dir, self.market, job.id)
@@ -583,11 +653,15 @@ class Worker:
                 payouts=payouts,
                 spent=spent,
                 weights=weights,
+                receipt_hash=receipt_ref.sha256,
+                receipt_uri=receipt_ref.uri,
             )
         except ContractRevert as exc:
             raise LeaseLost(f"could not settle ({exc.reason})") from None
         return {
             "model_uri": ref.uri,
+            "model_released": outcome.has_model,
+            "receipt_uri": receipt_ref.uri,
             "epsilon_spent": outcome.epsilon_spent,
             "steps": outcome.steps,
             "payouts_wei": payouts,
@@ -595,21 +669,3 @@ class Worker:
             "appraisal": outcome.appraisal.method,
             "kept": outcome.kept,
         }
-
-
-def payout_plan(
-    *, prices: list[int], kept: list[bool], appraisal_fees: list[int], values: list[float], bonus_pool: int
-) -> list[int]:
-    """What each listing's provider is paid at settlement.
-
-    A provider whose data the final model used is paid its price; one the consumer's contract
-    dropped (and whose data was then left out) gets at most the appraisal fee its terms set. The
-    bonus pool is split among the used providers in proportion to their positive appraised
-    value (rounding down, so the total never exceeds the pool).
-    """
-    base = [p if k else min(f, p) for p, k, f in zip(prices, kept, appraisal_fees, strict=True)]
-    positive = [max(0.0, v) if k else 0.0 for v, k in zip(values, kept, strict=True)]
-    total = sum(positive)
-    if bonus_pool <= 0 or total <= 0:
-        return base
-    return [b + int(bonus_pool * v / total) for b, v in zip(base, positive, strict=True)]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from sterling.data.dataset import NPZ_ERRORS
-from sterling.errors import IntegrityError
+from sterling.errors import IntegrityError, UsageError
 from sterling.privacy.graph import ModelGraph, Shape
 
 FORMAT = "sterling.model-bundle/1"
@@ -81,9 +81,16 @@ class ModelBundle:
         except (*NPZ_ERRORS, UnicodeDecodeError, TypeError, AttributeError) as exc:
             raise IntegrityError(f"not a Sterling model bundle ({type(exc).__name__})") from None
 
+    @property
+    def has_model(self) -> bool:
+        """False for a job that completed without a model (its contract kept no provider)."""
+        return bool(self.state)
+
     def module(self) -> torch.nn.Module:
         from sterling.privacy.dpsgd import build_module
 
+        if not self.has_model:
+            raise UsageError(f"this bundle holds no model: {self.info.get('reason', 'none was trained')}")
         model = build_module(self.graph, self.in_shape)
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.state.items()})
         model.eval()

@@ -11,17 +11,23 @@ for models built of linear, conv, group-norm and layer-norm layers
 ghost norms with book-keeping), and from `torch.func.vmap(grad(...))`
 otherwise; tests check all three agree.
 
-Data-oblivious mode fixes the batch to a capacity B (the expected size plus
-six standard deviations) and gathers the sampled rows with dense 0/1
-selection matrices (`oblivious`): every step runs the same operations on the
-same shapes and reads every row, whichever rows were sampled and whatever
-their values.
-Unused slots carry weight 0. (In the event, about 10⁻⁹ per step and per
-block of the gather, that more rows are sampled than a block or the batch
-holds, the surplus is dropped, which can only lower sensitivity.)
-For logistic regression, whose per-example terms are two small matrix
-products, it is cheaper to skip the gather and weight every row by its 0/1
-sampling mask.
+Randomness: which rows a step samples and its noise come from `rng`, the
+enclave's cryptographic stream (`SecretRandom`): inclusion is decided on
+64-bit integers against ⌊q·2⁶⁴⌋, and the noise is Box–Muller from that
+stream with Opacus's secure-mode mitigation. `seed` fixes the initial
+weights only (a public choice: DP-SGD's guarantee holds for any fixed
+start), drawn under a forked torch generator so that no global state is
+left seeded by a job.
+
+Data-oblivious mode fixes the batch to a capacity and gathers the sampled
+rows with dense 0/1 selection matrices (`oblivious`): every step runs the
+same operations on the same shapes and reads every row, whichever rows were
+sampled and whatever their values. Unused slots carry weight 0. Capacities
+are sized from exact binomial tails so that any overflow in the run has
+probability at most the δ the plan set aside for it (`overflow_per_step`
+per step); off that event the step is exactly the Poisson one. For logistic
+regression, whose per-example terms are two small matrix products, it is
+cheaper to skip the gather and weight every row by its 0/1 sampling mask.
 
 What depends on the data alone (‖x_i‖² for logistic regression; the rows with
 their labels as one matrix for the oblivious gather) is computed once per
@@ -37,6 +43,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from sterling.crypto.entropy import SecretRandom
 from sterling.errors import UsageError
 from sterling.privacy import accountant, oblivious, persample
 from sterling.privacy.graph import (
@@ -83,9 +90,8 @@ def build_module(graph: ModelGraph, in_shape: Shape) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
-def oblivious_capacity(n: int, q: float) -> int:
-    """Batch capacity for oblivious mode: expected size plus six standard deviations."""
-    return oblivious.capacity(n, q)
+#: The overflow probability per step of oblivious mode when no plan sets one (tests, benchmarks).
+DEFAULT_OVERFLOW_PER_STEP = 1e-9
 
 
 # MKL's products of a tall matrix with a 5-column one slow down sharply past a few hundred rows
@@ -151,6 +157,8 @@ class DPSGD:
         optimizer: str = "sgd",
         oblivious: bool = False,
         seed: int = 0,
+        rng: SecretRandom | None = None,
+        overflow_per_step: float = DEFAULT_OVERFLOW_PER_STEP,
         device: str | None = None,
     ) -> None:
         if clipping_norm <= 0 or noise_multiplier < 0 or not 0 < sample_rate <= 1 or steps < 1:
@@ -163,10 +171,14 @@ class DPSGD:
         #: Steps taken so far: `fit` can stop early (`until`) and a later `fit` continues the run.
         self.taken = 0
         self.oblivious = oblivious
+        self.overflow_per_step = overflow_per_step
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
-        torch.manual_seed(seed)
-        self.model = build_module(graph, in_shape).to(self.device)
+        #: The secret stream every sample and every noise draw comes from.
+        self.rng = rng if rng is not None else SecretRandom.from_os()
+        # The initial weights are the job's (public) choice; nothing else is drawn from its seed.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = build_module(graph, in_shape).to(self.device)
         self.closed_form = graph.family == "logistic_regression" and graph.loss == "softmax_cross_entropy"
         # Per-example gradient norms and the clipped sum from one batched forward and backward pass
         # where every layer has a rule (`persample`); vmap otherwise.
@@ -222,7 +234,7 @@ class DPSGD:
             # The rows with their label as one more column (one selection gathers both), padded with zero
             # rows (never sampled) to the gather's whole blocks and with zero columns to a multiple of 16:
             # MKL took 13 ms for the 347×640 by 640×2,368 product against 20 ms at the odd width 2,353.
-            rows = oblivious.plan(len(x), self.q).padded
+            rows = self._oblivious_plan(len(x)).padded
             width = -(-(flat.shape[1] + 1) // 16) * 16
             xy = flat.new_zeros(rows, width)
             xy[: len(x), : flat.shape[1]] = flat
@@ -291,9 +303,12 @@ class DPSGD:
 
     # ------------------------------------------------------------- sampling
 
+    def _oblivious_plan(self, n: int) -> oblivious.Plan:
+        return oblivious.plan(n, self.q, steps=1, failure=self.overflow_per_step)
+
     def _sample(self, n: int) -> torch.Tensor:
-        """Poisson sampling: each row independently with probability q."""
-        return torch.rand(n, generator=self.generator) < self.q
+        """Poisson sampling: each row independently, on integers (`SecretRandom.bernoulli`)."""
+        return self.rng.bernoulli(n, self.q)
 
     def _batch(
         self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
@@ -313,7 +328,7 @@ class DPSGD:
         if self.closed_form:
             # A linear model's per-example terms are cheap: take every row, weighted by the mask.
             return x, y, mask.to(x.dtype), sq
-        picked, weight = oblivious.gather(oblivious.plan(len(x), self.q), data["xy"], mask)
+        picked, weight = oblivious.gather(self._oblivious_plan(len(x)), data["xy"], mask)
         d = x[0].numel()
         xb = picked[:, :d].reshape(len(picked), *x.shape[1:])
         yb = picked[:, d].round().to(y.dtype)
@@ -331,8 +346,8 @@ class DPSGD:
             summed, loss = self._clipped_sum(xb, yb, weight, sq)
         else:
             summed, loss = [torch.zeros_like(p) for p in self.params], 0.0
-        # One draw of N(0, 1) for every parameter at once, scaled by σC.
-        noise = torch.randn(sum(self.sizes), generator=self.generator)
+        # One draw of N(0, 1) for every parameter at once, from the secret stream, scaled by σC.
+        noise = self.rng.normal(sum(self.sizes))
         if noise.device != x.device:
             noise = noise.to(x.device)
         expected = self.q * len(x)

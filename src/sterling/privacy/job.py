@@ -78,6 +78,9 @@ class Release(_Strict):
     #: values through the Laplace mechanism at `appraisal_epsilon` (charged to every listing).
     appraisal_values: bool = False
     appraisal_epsilon: float = Field(default=0.0, ge=0)
+    #: Of `appraisal_epsilon`, the share that screens each provider's labels for fake data
+    #: (appraisal/screening.py); the rest releases the influence values that split the bonus pool.
+    screening_share: float = Field(default=0.5, gt=0, lt=1)
     #: When the consumer's contract drops providers after appraisal (`keep`), train the final model
     #: again without their data (so they are not paid for it); this trains twice, and the verifier
     #: counts both runs.

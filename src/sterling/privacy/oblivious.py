@@ -13,25 +13,46 @@ of the 2,368-wide rows. Every block
 and slot is computed every step, filled or not, and the results are
 identical to the one-stage gather (each slot sums exactly one row and zeros).
 
-Capacities are the expected count plus six standard deviations: a block or
-a batch overflows with probability about 10⁻⁹, and then its surplus rows
-are dropped, which can only lower any example's influence on the step.
+Capacities come from exact binomial tails. A block or the batch whose
+sampled rows exceed its capacity keeps its first ones and drops the rest,
+and that is not harmless: which row is dropped depends on which others were
+sampled, so adding or replacing one row can push another out, a change of
+up to 2C in the step's sum that the Gaussian noise was not sized for. So
+overflow is made rare and accounted: `plan(n, q, steps=T, failure=δ_o)`
+sizes every block's capacity and the batch's so that, by a union bound over
+the T steps and, in each, over the blocks and the batch, some step
+overflowing anywhere has probability at most δ_o (binomial tails from
+scipy's `binom.sf`, not a normal approximation, which fails when q·b is
+small). Off that event the run is exactly Poisson DP-SGD; on it, anything
+may happen. The run is therefore (ε, δ + δ_o)-DP, and Sterling spends δ/10 of
+a job's δ on it (`OVERFLOW_SHARE`), accounting the rest with PLD.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
+from scipy.stats import binom  # type: ignore[import-untyped]
 
 BLOCKS = (64, 128, 256, 512)
+#: The share of a job's δ that bounds the probability of any overflow in oblivious mode.
+OVERFLOW_SHARE = 0.1
 
 
-def capacity(n: int, q: float) -> int:
-    """Slots for n rows each sampled with probability q: expected count plus six standard deviations."""
-    mean = n * q
-    return min(n, math.ceil(mean + 6 * math.sqrt(mean * (1 - q)) + 1))
+def capacity(n: int, q: float, failure: float) -> int:
+    """The fewest slots c for which Binomial(n, q) exceeds c with probability at most `failure`."""
+    if not 0 < failure < 1:
+        raise ValueError(f"an overflow probability is in (0, 1), got {failure}")
+    if n == 0:
+        return 0
+    c = min(n, max(0, int(binom.isf(failure, n, q))))
+    while c > 0 and binom.sf(c - 1, n, q) <= failure:  # isf may round up: take the smallest
+        c -= 1
+    while c < n and binom.sf(c, n, q) > failure:
+        c += 1
+    return c
 
 
 @dataclass(frozen=True)
@@ -43,25 +64,37 @@ class Plan:
     block: int  # rows per block; equal to `padded` for a one-stage gather
     block_capacity: int
     padded: int  # rows rounded up to whole blocks (zero rows, never sampled)
+    #: Bound on the probability that any block or batch overflows in any of the run's steps.
+    failure: float = 0.0
 
     @property
     def blocks(self) -> int:
         return self.padded // self.block
 
 
-def plan(n: int, q: float) -> Plan:
-    """The cheapest gather for n rows at rate q, counted in multiply-adds; it depends on n and q only."""
-    cap = capacity(n, q)
-    best = Plan(n, cap, n, cap, n)
+@lru_cache(maxsize=64)
+def plan(n: int, q: float, *, steps: int, failure: float) -> Plan:
+    """The cheapest gather for n rows at rate q whose overflow, over `steps` steps, has probability ≤ failure.
+
+    Per step the budget failure/steps is split evenly between the batch and the blocks (each
+    block taking its share of half). The plan depends on n, q, steps and failure only.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be ≥ 1, got {steps}")
+    per_step = failure / steps
+    cap = capacity(n, q, per_step)
+    best = Plan(n, cap, n, cap, n, failure)
     best_cost = n * cap
     for b in BLOCKS:
         if b >= n:
             break
         padded = -(-n // b) * b
-        cb = capacity(b, q)
-        cost = padded * cb + (padded // b) * cb * cap
+        blocks = padded // b
+        cap = capacity(n, q, per_step / 2)
+        cb = capacity(b, q, per_step / 2 / blocks)
+        cost = padded * cb + blocks * cb * cap
         if cost < best_cost:
-            best, best_cost = Plan(n, cap, b, cb, padded), cost
+            best, best_cost = Plan(n, cap, b, cb, padded, failure), cost
     return best
 
 

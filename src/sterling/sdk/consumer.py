@@ -18,9 +18,10 @@ from sterling.data.dataset import Dataset, Schema
 from sterling.errors import NotFound, SterlingError, UsageError
 from sterling.privacy.bundle import ModelBundle
 from sterling.privacy.job import Job
+from sterling.privacy.plan import TrainingPlan
 from sterling.privacy.verifier import ListingView, Report, verify
 from sterling.storage.blobs import BlobStore, fetch_verified
-from sterling.storage.manifest import read_manifest
+from sterling.storage.manifest import load_manifest
 
 ZERO = "0x0000000000000000000000000000000000000000"
 
@@ -44,13 +45,11 @@ def listing_views(
         except NotFound:
             continue
         try:
-            manifest = read_manifest(listing.data_uri)
+            manifest = load_manifest(listing.data_uri)
         except (SterlingError, OSError, ValueError) as exc:
             raise UsageError(
                 f"listing {lid}: its manifest at {listing.data_uri} cannot be read ({exc})"
             ) from None
-        terms = manifest.get("terms") or {}
-        families = terms.get("allowed_model_families")
         quote = None
         if consumer is not None and listing.terms.policy != ZERO:
             asked = (epsilons or {}).get(lid)
@@ -58,7 +57,7 @@ def listing_views(
             quote = market.quote(consumer, lid, micro)
         views[lid] = ListingView(
             listing_id=lid,
-            schema=Schema.from_json(manifest["schema"]),
+            schema=manifest.schema,
             max_epsilon_per_job=from_micro(listing.terms.max_epsilon_per_job),
             remaining_epsilon=from_micro(listing.budget.remaining),
             delta=from_delta(listing.budget.delta),
@@ -66,7 +65,8 @@ def listing_views(
             price_per_epsilon_wei=listing.terms.price_per_epsilon,
             open=listing.open,
             quote_wei=quote,
-            allowed_families=tuple(families) if families else None,
+            allowed_families=manifest.terms.allowed_model_families,
+            data_hash=listing.data_hash,
         )
     return views
 
@@ -90,6 +90,9 @@ def views_from_json(doc: Any) -> dict[int, ListingView]:
                 open=bool(item.get("open", True)),
                 quote_wei=int(item["quote_wei"]) if item.get("quote_wei") is not None else None,
                 allowed_families=tuple(fams) if fams else None,
+                data_hash=bytes.fromhex(str(item["data_hash"]).removeprefix("0x"))
+                if item.get("data_hash")
+                else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UsageError(f"listings file: item {i}: {type(exc).__name__}: {exc}") from None
@@ -154,9 +157,9 @@ def submit_job(
     asks = {a.listing_id: a.epsilon for a in job.listings}
     views = listing_views(market, list(asks), consumer=consumer.address, epsilons=asks)
     report = verify(job, views)
-    if not report.ok:
+    if not report.ok or report.plan is None:
         raise JobRejected(report)
-    refusals = precheck_contracts(market, job, consumer=consumer.address, summary=report.summary)
+    refusals = precheck_contracts(market, job, consumer=consumer.address, plan=report.plan)
     if refusals:
         raise UsageError(
             "providers' contracts would refuse this job: "
@@ -285,14 +288,12 @@ def upload_validation_set(store: BlobStore, dataset: Dataset) -> str:
     return store.put_bytes(dataset.to_bytes()).uri
 
 
-def precheck_contracts(
-    market: Marketplace, job: Job, *, consumer: str, summary: dict[str, Any]
-) -> dict[int, str]:
+def precheck_contracts(market: Marketplace, job: Job, *, consumer: str, plan: TrainingPlan) -> dict[int, str]:
     """Run each listing's published provider contract here, as the enclave will; listing → why it refuses.
 
     Provider contracts are public (their hash is on chain, their source beside the manifest), so a
-    consumer can learn before paying which listings would refuse the job. `summary` is the
-    verifier's summary for `job`. An empty result means every contract accepts.
+    consumer can learn before paying which listings would refuse the job. `plan` is the
+    verifier's plan for `job`. An empty result means every contract accepts.
     """
     from sterling.enclave.contracts import judge, provider_request
     from sterling.enclave.host import ChainHost
@@ -305,19 +306,21 @@ def precheck_contracts(
         listing = market.listing(ask.listing_id)
         if listing.contract_hash == bytes(32):
             continue
-        manifest = read_manifest(listing.data_uri)
-        ref = manifest.get("contract") or {}
-        source = fetch_verified(str(ref.get("uri", "")), listing.contract_hash).decode()
+        manifest = load_manifest(listing.data_uri)
+        uri = manifest.contract.uri if manifest.contract is not None else ""
+        source = fetch_verified(uri, listing.contract_hash).decode()
         request = provider_request(
             job,
             listing_id=listing.id,
             epsilon=ask.epsilon,
             consumer=consumer,
-            summary=summary,
+            plan=plan,
             chain_id=market.chain.chain_id,
             marketplace=market.address,
         )
-        host = ChainHost(market, job=public, listing={**listing.to_json(), "schema": manifest["schema"]})
+        host = ChainHost(
+            market, job=public, listing={**listing.to_json(), "schema": manifest.schema.to_json()}
+        )
         problem = judge(sandbox, source, request, host=host)
         if problem is not None:
             refusals[listing.id] = problem

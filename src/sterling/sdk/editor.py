@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from sterling.chain.marketplace import Marketplace
 from sterling.jsontext import MAX_DEPTH, line_column, too_deep
 from sterling.privacy.job import Job
+from sterling.privacy.plan import TrainingPlan
 from sterling.privacy.verifier import Report, Violation, verify
 from sterling.sdk.consumer import listing_views
 
@@ -28,6 +29,8 @@ class TextReport:
     parse_error: dict[str, Any] | None = None
     violations: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    #: The plan the enclave would execute (None unless the job passes).
+    plan: TrainingPlan | None = None
 
     @property
     def ok(self) -> bool:
@@ -71,7 +74,10 @@ def check_text(market: Marketplace, text: str, *, consumer: str | None) -> TextR
 
 def from_report(job: Job, report: Report, text: str) -> TextReport:
     return TextReport(
-        job, violations=[_with_line(v, text) for v in report.violations], summary=_wei_strings(report.summary)
+        job,
+        violations=[_with_line(v, text) for v in report.violations],
+        summary=_wei_strings(report.summary),
+        plan=report.plan,
     )
 
 

@@ -141,6 +141,11 @@ def result(market: Marketplace, job: Job, consumer_key: X25519PrivateKey) -> dic
         else None
     )
     return {
+        # A job whose contract kept no provider completes without a model; its appraisal is here.
+        "model_released": bundle.has_model,
+        "reason": info.get("reason"),
+        "receipt_sha256": info.get("receipt_sha256"),
+        "neighbours": info.get("neighbours"),
         "metrics": dict(info.get("metrics") or {}),
         "metrics_private": bool(info.get("metrics_private", False)),
         "epsilon_spent": info.get("epsilon_spent"),

@@ -9,6 +9,7 @@ code the enclave's measurement covers.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from sterling.data.dataset import Schema
@@ -81,3 +82,72 @@ def _problems(doc: dict[str, Any]) -> list[str]:
 
 def _is(value: Any, kind: type) -> bool:
     return value is None or isinstance(value, kind)
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A blob a manifest points at: its URI and, where given, its sha256 (0x-hex)."""
+
+    uri: str
+    sha256: str | None = None
+
+    @classmethod
+    def from_json(cls, doc: Any) -> BlobRef | None:
+        if doc is None:
+            return None
+        sha = doc.get("sha256")
+        return cls(str(doc["uri"]), None if sha is None else str(sha))
+
+
+@dataclass(frozen=True)
+class ManifestTerms:
+    """The terms a manifest adds to the chain's: which model families, and the appraisal fee."""
+
+    allowed_model_families: tuple[str, ...] | None = None
+    appraisal_fee_wei: int = 0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A listing's public manifest, validated and typed: what the enclave and the verifier read."""
+
+    schema: Schema
+    name: str = ""
+    description: str = ""
+    terms: ManifestTerms = ManifestTerms()
+    ciphertext: BlobRef | None = None
+    contract: BlobRef | None = None
+    preview: BlobRef | None = None
+    class_counts: dict[str, int] | None = field(default=None, hash=False)
+    #: The document as published (for pages that show it).
+    doc: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Manifest:
+        """A manifest from its JSON document; IntegrityError naming every malformed field."""
+        if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+            raise IntegrityError("not a Sterling listing manifest")
+        problems = _problems(doc)
+        if problems:
+            raise IntegrityError("not a valid listing manifest: " + "; ".join(problems))
+        terms = doc.get("terms") or {}
+        families = terms.get("allowed_model_families")
+        return cls(
+            schema=Schema.from_json(doc["schema"]),
+            name=str(doc.get("name") or ""),
+            description=str(doc.get("description") or ""),
+            terms=ManifestTerms(
+                allowed_model_families=tuple(families) if families else None,
+                appraisal_fee_wei=int(terms.get("appraisal_fee_wei") or 0),
+            ),
+            ciphertext=BlobRef.from_json(doc.get("ciphertext")),
+            contract=BlobRef.from_json(doc.get("contract")),
+            preview=BlobRef.from_json(doc.get("preview")),
+            class_counts=dict(doc["class_counts"]) if doc.get("class_counts") is not None else None,
+            doc=doc,
+        )
+
+
+def load_manifest(data_uri: str) -> Manifest:
+    """`read_manifest`, typed."""
+    return Manifest.from_json(read_manifest(data_uri))

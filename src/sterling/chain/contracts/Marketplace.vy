@@ -1,4 +1,7 @@
 # pragma version ~=0.4.3
+# Optimised for size: with the settlement's privacy receipt and a fail_job that charges what ran,
+# the gas-optimised runtime passes the 24,576 bytes EIP-170 allows (a contract test checks the limit).
+# pragma optimize codesize
 """
 @title Sterling Marketplace
 @notice The on-chain half of Sterling: an enclave registry, listings of
@@ -200,11 +203,15 @@ event JobCompleted:
     sealed_model_key: Bytes[MAX_SEALED]
     paid: uint256
     refunded: uint256
+    receipt_hash: bytes32
+    receipt_uri: String[MAX_URI]
 
 event JobFailed:
     job_id: indexed(uint256)
     enclave: indexed(address)
     reason: String[MAX_REASON]
+    receipt_hash: bytes32
+    receipt_uri: String[MAX_URI]
 
 event Payout:
     job_id: indexed(uint256)
@@ -384,12 +391,14 @@ def settlement_digest(
     payouts: DynArray[uint256, MAX_LISTINGS],
     spent: DynArray[uint256, MAX_LISTINGS],
     weights: DynArray[uint256, MAX_LISTINGS],
+    receipt_hash: bytes32,
 ) -> bytes32:
     """
     @notice The digest the enclave signs to settle a job: the job id, the
-            result hash and every number the settlement moves.
+            result hash, every number the settlement moves, and the hash of
+            the privacy receipt that accounts for the epsilon charged.
     """
-    return self._settlement_digest(job_id, result_hash, model_uri, sealed_model_key, payouts, spent, weights)
+    return self._settlement_digest(job_id, result_hash, model_uri, sealed_model_key, payouts, spent, weights, receipt_hash)
 
 
 @internal
@@ -402,6 +411,7 @@ def _settlement_digest(
     payouts: DynArray[uint256, MAX_LISTINGS],
     spent: DynArray[uint256, MAX_LISTINGS],
     weights: DynArray[uint256, MAX_LISTINGS],
+    receipt_hash: bytes32,
 ) -> bytes32:
     return keccak256(
         abi_encode(
@@ -415,6 +425,7 @@ def _settlement_digest(
             payouts,
             spent,
             weights,
+            receipt_hash,
         )
     )
 
@@ -659,7 +670,8 @@ def quote(consumer: address, listing_id: uint256, eps: uint256) -> uint256:
 
 @internal
 def _release(job_id: uint256, charged: DynArray[uint256, MAX_LISTINGS]):
-    # Release every reservation of the job, charging `charged[i]` of it.
+    # Release every reservation of the job, charging `charged[i]` of it (empty: nothing) and recording
+    # the charge in the allocation.
     allocations: DynArray[Allocation, MAX_LISTINGS] = self._allocations[job_id]
     for i: uint256 in range(len(allocations), bound=MAX_LISTINGS):
         a: Allocation = allocations[i]
@@ -669,6 +681,7 @@ def _release(job_id: uint256, charged: DynArray[uint256, MAX_LISTINGS]):
         if len(charged) > 0:
             charge = charged[i]
             self.budgets[data_hash].spent += charge
+            self._allocations[job_id][i].spent = charge
         log EpsilonReleased(job_id=job_id, listing_id=a.listing_id, data_hash=data_hash, reserved=a.reserved, charged=charge)
         if charge > 0 and self.budgets[data_hash].spent == self.budgets[data_hash].total:
             log BudgetExhausted(data_hash=data_hash)
@@ -756,8 +769,9 @@ def submit_job(
 
 
 @internal
-def _refund_and_release(job_id: uint256):
-    self._release(job_id, [])
+def _refund_and_release(job_id: uint256, charged: DynArray[uint256, MAX_LISTINGS]):
+    # Release the job's reservations, charging `charged` (empty: nothing), and refund all escrow.
+    self._release(job_id, charged)
     consumer: address = self._jobs[job_id].consumer
     escrow: uint256 = self._jobs[job_id].escrow
     self._credit(consumer, escrow)
@@ -787,7 +801,7 @@ def cancel_job(job_id: uint256):
     assert self._jobs[job_id].consumer == msg.sender, "marketplace: caller is not the consumer"
     assert self._jobs[job_id].state == PENDING or self._lease_over(job_id), "marketplace: job is not pending"
     self._jobs[job_id].state = CANCELLED
-    self._refund_and_release(job_id)
+    self._refund_and_release(job_id, [])
     log JobCancelled(job_id=job_id)
 
 
@@ -887,6 +901,8 @@ def complete_job(
     payouts: DynArray[uint256, MAX_LISTINGS],
     spent: DynArray[uint256, MAX_LISTINGS],
     weights: DynArray[uint256, MAX_LISTINGS],
+    receipt_hash: bytes32,
+    receipt_uri: String[MAX_URI],
     signature: Bytes[65],
 ):
     """
@@ -897,25 +913,30 @@ def complete_job(
             and publishes the model key sealed to the consumer. A lease that
             ran out does not stop the holder while no other enclave has
             taken the job over.
-    @param result_hash sha256 of the encrypted model.
-    @param model_uri Where the encrypted model is stored.
-    @param sealed_model_key The model key sealed to the consumer's X25519 key.
+    @param result_hash sha256 of the encrypted result (the model, or, when
+           the consumer's contract dropped every provider, what was released
+           without one).
+    @param model_uri Where the encrypted result is stored.
+    @param sealed_model_key The result key sealed to the consumer's X25519 key.
     @param payouts Wei paid to each listing's provider; the sum is at most the escrow.
     @param spent Micro-epsilon charged to each listing; each at most its reservation.
     @param weights Per-listing weights that split later per-prediction fees.
+    @param receipt_hash sha256 of the privacy receipt: every mechanism run on
+           each listing's data, from which anyone recomputes `spent`.
+    @param receipt_uri Where the receipt is stored (public).
     @param signature The enclave's signature over the settlement digest.
     """
     self._only_holder(job_id)
     n: uint256 = len(self._allocations[job_id])
-    assert len(payouts) == n and len(spent) == n and len(weights) == n, "marketplace: one payout, epsilon and weight per listing"
+    assert len(payouts) == n and len(weights) == n, "marketplace: one payout and weight per listing"
     assert result_hash != empty(bytes32), "marketplace: empty result hash"
-    digest: bytes32 = self._settlement_digest(job_id, result_hash, model_uri, sealed_model_key, payouts, spent, weights)
+    self._check_charge(job_id, spent, receipt_hash)
+    digest: bytes32 = self._settlement_digest(job_id, result_hash, model_uri, sealed_model_key, payouts, spent, weights, receipt_hash)
     assert self._recover(digest, signature) == msg.sender, "marketplace: settlement not signed by the enclave"
     escrow: uint256 = self._jobs[job_id].escrow
     paid: uint256 = 0
-    for i: uint256 in range(n, bound=MAX_LISTINGS):
-        assert spent[i] <= self._allocations[job_id][i].reserved, "marketplace: epsilon above reservation"
-        paid += payouts[i]
+    for p: uint256 in payouts:
+        paid += p
     assert paid <= escrow, "marketplace: payouts above escrow"
     self._jobs[job_id].state = COMPLETED
     self._jobs[job_id].result_hash = result_hash
@@ -924,7 +945,6 @@ def complete_job(
     self._release(job_id, spent)
     for i: uint256 in range(n, bound=MAX_LISTINGS):
         listing_id: uint256 = self._allocations[job_id][i].listing_id
-        self._allocations[job_id][i].spent = spent[i]
         self._allocations[job_id][i].payout = payouts[i]
         self._allocations[job_id][i].weight = weights[i]
         provider: address = self._listings[listing_id].provider
@@ -934,21 +954,52 @@ def complete_job(
     refund: uint256 = escrow - paid
     self._credit(consumer, refund)
     log Refund(job_id=job_id, consumer=consumer, amount=refund)
-    log JobCompleted(job_id=job_id, enclave=msg.sender, result_hash=result_hash, model_uri=model_uri, sealed_model_key=sealed_model_key, paid=paid, refunded=refund)
+    log JobCompleted(job_id=job_id, enclave=msg.sender, result_hash=result_hash, model_uri=model_uri, sealed_model_key=sealed_model_key, paid=paid, refunded=refund, receipt_hash=receipt_hash, receipt_uri=receipt_uri)
+
+
+@internal
+@view
+def _check_charge(job_id: uint256, spent: DynArray[uint256, MAX_LISTINGS], receipt_hash: bytes32):
+    # A charge is one micro-epsilon figure per listing, each within its reservation, accounted for
+    # by a privacy receipt.
+    assert len(spent) == len(self._allocations[job_id]), "marketplace: one epsilon per listing"
+    assert receipt_hash != empty(bytes32), "marketplace: empty receipt hash"
+    for i: uint256 in range(len(spent), bound=MAX_LISTINGS):
+        assert spent[i] <= self._allocations[job_id][i].reserved, "marketplace: epsilon above reservation"
 
 
 @external
 @nonreentrant
-def fail_job(job_id: uint256, reason: String[MAX_REASON]):
+def fail_job(
+    job_id: uint256,
+    reason: String[MAX_REASON],
+    spent: DynArray[uint256, MAX_LISTINGS],
+    receipt_hash: bytes32,
+    receipt_uri: String[MAX_URI],
+):
     """
-    @notice The holding enclave gives up on a job (bad contract, failed
-            verification, missing data): full refund, reservation released.
+    @notice The holding enclave gives up on a job: full refund. Before any
+            data key was released (bad contract, failed verification,
+            missing data) `spent` is empty and nothing is charged. After,
+            whatever ran on the data is charged: `spent` has one figure per
+            listing (each at most its reservation) and `receipt_hash` commits
+            to the privacy receipt that accounts for them. Either way the
+            rest of the reservation is released.
+    @param reason Why the job failed (public; the consumer reads it).
+    @param spent Micro-epsilon charged to each listing, or empty for none.
+    @param receipt_hash sha256 of the privacy receipt; must be empty when
+           `spent` is, so no receipt stands for a charge never made.
+    @param receipt_uri Where the receipt is stored (public).
     """
     self._only_holder(job_id)
     assert len(reason) > 0, "marketplace: empty reason"
+    if len(spent) > 0:
+        self._check_charge(job_id, spent, receipt_hash)
+    elif receipt_hash != empty(bytes32):
+        raise "marketplace: receipt without a charge"
     self._jobs[job_id].state = FAILED
-    self._refund_and_release(job_id)
-    log JobFailed(job_id=job_id, enclave=msg.sender, reason=reason)
+    self._refund_and_release(job_id, spent)
+    log JobFailed(job_id=job_id, enclave=msg.sender, reason=reason, receipt_hash=receipt_hash, receipt_uri=receipt_uri)
 
 
 @view

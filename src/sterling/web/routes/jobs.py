@@ -41,7 +41,7 @@ def submit(c: Ctx, req: SubmitBody) -> dict[str, Any]:
     spent when the verifier or a provider's contract refuses (400 with the report)."""
     account = c.account(req.account)
     checked = check_text(c.market, req.text, consumer=account.address)
-    if checked.job is None or not checked.ok:
+    if checked.job is None or not checked.ok or checked.plan is None:
         if checked.parse_error is not None:
             pe = checked.parse_error
             message = f"the job is not valid JSON: line {pe['line']}, column {pe['column']}: {pe['message']}"
@@ -51,7 +51,7 @@ def submit(c: Ctx, req: SubmitBody) -> dict[str, Any]:
             )
         raise _refused(message, checked.to_json())
     job = checked.job
-    refusals = consumer.precheck_contracts(c.market, job, consumer=account.address, summary=checked.summary)
+    refusals = consumer.precheck_contracts(c.market, job, consumer=account.address, plan=checked.plan)
     if refusals:
         report = checked.to_json()
         report["ok"] = False
