@@ -1,11 +1,13 @@
-"""Gas per Marketplace call, and transactions per second through Sterling's client.
+"""Gas per state-changing call of Sterling's contracts, and transactions per second through its client.
 
 Run: `sterling bench chain --format json`.
 
 Both chains run the same workload in one run: deploy, register an enclave,
 publish, then N job lifecycles (submit → claim → complete), every
 transaction signed locally and waited for by `Transactor`. Gas comes from
-the receipts on the embedded chain (the same EVM rules as anvil).
+the receipts on the embedded chain (the same EVM rules as anvil): every
+deployment (EnclaveRegistry, Marketplace, PredictionFees, bind, the
+policies) and every state-changing function, each measured on its own.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Any
 from rich.table import Table
 
 from sterling.chain import digests, node
+from sterling.chain.fees import PredictionFees
 from sterling.chain.marketplace import AllowListPolicy, CredentialPolicy, Marketplace
 from sterling.chain.node import Chain
+from sterling.chain.registry import EnclaveRegistry
 from sterling.chain.types import Terms
 from sterling.config import Settings
 
@@ -50,8 +54,9 @@ class _Gas:
 def _setup(chain: Chain, gas: _Gas | None = None) -> tuple[Marketplace, list[int], dict[str, Any]]:
     g = gas or _Gas(chain)
     admin, platform, enclave, provider, consumer, issuer = chain.dev_accounts[:6]
-    m = g.measure("deploy", lambda: Marketplace.deploy(chain, admin, attestation_signer=platform.address))
+    m = _deploy(chain, admin, platform.address, g)
     g.measure("allow_measurement", lambda: m.allow_measurement(admin, MEASUREMENT))
+    chain.advance_time(m.change_delay())
     att = digests.sign_digest(
         platform, m.attestation_digest(measurement=MEASUREMENT, enclave=enclave.address, hpke_public_key=HPKE)
     )
@@ -59,7 +64,7 @@ def _setup(chain: Chain, gas: _Gas | None = None) -> tuple[Marketplace, list[int
         "register_enclave",
         lambda: m.register_enclave(enclave, measurement=MEASUREMENT, hpke_public_key=HPKE, attestation=att),
     )
-    terms = Terms(10**15, 10**16, 1_000_000)
+    terms = Terms(10**15, 10**16, 1_000_000, price_per_prediction=10**9)
     listings = [
         g.measure(
             "publish",
@@ -79,6 +84,24 @@ def _setup(chain: Chain, gas: _Gas | None = None) -> tuple[Marketplace, list[int
     return m, listings, ctx
 
 
+def _deploy(chain: Chain, admin: Any, signer: str, g: _Gas) -> Marketplace:
+    """`Marketplace.deploy`'s four transactions, each measured (the same steps, one at a time)."""
+    registry = g.measure(
+        "deploy EnclaveRegistry", lambda: EnclaveRegistry.deploy(chain, admin, attestation_signer=signer)
+    )
+    receipt = g.measure(
+        "deploy Marketplace", lambda: Marketplace._deploy(chain, admin, registry.address, 900)
+    )
+    m = Marketplace(chain, str(receipt["contractAddress"]))
+    fees = g.measure(
+        "deploy PredictionFees", lambda: PredictionFees.deploy(chain, admin, marketplace=m.address)
+    )
+    g.measure(
+        "registry.bind", lambda: registry.bind(admin, marketplace=m.address, prediction_fees=fees.address)
+    )
+    return m
+
+
 def _lifecycle(m: Marketplace, listings: list[int], ctx: dict[str, Any], g: _Gas | None, n: int) -> int:
     """Run one job lifecycle; returns the number of transactions sent."""
     consumer, enclave = ctx["consumer"], ctx["enclave"]
@@ -93,6 +116,7 @@ def _lifecycle(m: Marketplace, listings: list[int], ctx: dict[str, Any], g: _Gas
             consumer,
             listing_ids=ids,
             epsilons=[500_000] * n,
+            max_prices=[10**17] * n,
             delta=10**13,
             consumer_key=HPKE,
             job_hash=os.urandom(32),
@@ -134,6 +158,7 @@ def gas_table(chain: Chain) -> dict[str, int]:
             consumer,
             listing_ids=[listings[0]],
             epsilons=[100_000],
+            max_prices=[10**16],
             delta=10**13,
             consumer_key=HPKE,
             job_hash=os.urandom(32),
@@ -181,7 +206,18 @@ def gas_table(chain: Chain) -> dict[str, int]:
             value=10**15,
         ),
     )
-    g.measure("withdraw", lambda: m.withdraw(provider))
+    g.measure("withdraw (PredictionFees)", lambda: m.fees.withdraw(provider))
+    g.measure("withdraw (Marketplace)", lambda: m.withdraw(provider))  # what is left: the Marketplace's
+    jid = submit()
+    m.claim_job(enclave, jid)
+    g.measure("revoke_enclave", lambda: m.revoke_enclave(ctx["admin"], enclave.address))
+    g.measure("expire_job (revoked enclave, back to the pool)", lambda: m.expire_job(provider, jid))
+    chain.advance_time(m.max_pending_seconds() + 1)
+    g.measure("expire_job (unclaimed, refunded)", lambda: m.expire_job(provider, jid))
+    g.measure("set_lease_seconds", lambda: m.set_lease_seconds(ctx["admin"], 600))
+    g.measure("set_attestation_signer", lambda: m.set_attestation_signer(ctx["admin"], issuer.address))
+    g.measure("revoke_measurement", lambda: m.allow_measurement(ctx["admin"], MEASUREMENT, allowed=False))
+    g.measure("transfer_admin", lambda: m.transfer_admin(ctx["admin"], issuer.address))
     allow = g.measure(
         "deploy AllowListPolicy", lambda: AllowListPolicy.deploy(chain, provider, marketplace=m.address)
     )
@@ -224,7 +260,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> Table:
-    t = Table(title="Marketplace: throughput (job lifecycles, 3 tx each) and gas per call")
+    t = Table(title="Sterling's contracts: throughput (job lifecycles, 3 tx each) and gas per call")
     t.add_column("figure")
     t.add_column("embedded (py-evm)", justify="right")
     t.add_column("anvil (loopback)", justify="right")

@@ -58,18 +58,20 @@ from eth_utils.crypto import keccak
 from rich.table import Table
 
 from sterling.chain import node
-from sterling.chain.deploy import ensure_deployment
+from sterling.chain.deploy import ensure_deployment, simulated_platform_key
 from sterling.chain.marketplace import Marketplace
 from sterling.chain.node import Chain
 from sterling.chain.types import JobState
 from sterling.config import PROJECT_ROOT, Settings
 from sterling.data.dataset import Dataset, Schema
+from sterling.enclave.tee import code_measurement
 from sterling.errors import ContractRevert, EnclaveError, SterlingError, UsageError
 from sterling.privacy.graph import template
 from sterling.privacy.job import Job
 from sterling.privacy.verifier import verify
 from sterling.sdk import consumer as sdk
 from sterling.sdk.provider import ListingTerms, choose_enclave, publish, seal_dataset
+from sterling.sdk.trust import Trust
 from sterling.storage.blobs import BlobStore
 
 ETHER = 10**18
@@ -281,6 +283,7 @@ def _submit(
     job: Job,
     store: BlobStore,
     go: Callable[[], bool],
+    trust: Trust,
 ) -> None:
     """One consumer: wait for its moment (`go`), submit through the SDK, record what happened."""
     if not go():
@@ -288,7 +291,7 @@ def _submit(
         return
     attempt.started = time.perf_counter()
     try:
-        attempt.job_id = sdk.submit_job(market, account, key, job, store).job_id
+        attempt.job_id = sdk.submit_job(market, account, key, job, store, trust=trust).job_id
     except sdk.JobRejected as exc:
         budget_only = all(v.term in ("budget", "open") for v in exc.report.violations)
         attempt.outcome, attempt.reason = ("refused" if budget_only else "error"), f"verifier: {exc}"
@@ -515,6 +518,7 @@ class LoadTest:
         self.phases: dict[str, float] = {}  # seconds: setup, prepare, total
         self._began = 0.0
         self._load_average = 0.0
+        self._trust = Trust()  # the workers' own SIMULATED enclave, once `_market` started it
 
     def run(self) -> dict[str, Any]:
         began = self._began = time.monotonic()
@@ -551,7 +555,10 @@ class LoadTest:
             workers.launch(rpc_url=str(chain.rpc_url), state=state, store=store, name=f"w{i + 1}")
             if i == 0:
                 workers.wait_ready(deadline)
-        enclave = choose_enclave(market)
+        # Clients seal only to a trusted enclave: the workers run Sterling's code, attested by the
+        # simulated platform key in `state`.
+        self._trust = Trust.of(code_measurement(), simulated_platform_key(state).address, simulated=True)
+        enclave = choose_enclave(market, trust=self._trust)
         parts, test = breast_cancer(plan.listings)
         terms = ListingTerms(10**15, 2 * 10**15, plan.budget, plan.epsilon, 1e-5)
         listing_ids = []
@@ -608,7 +615,9 @@ class LoadTest:
             own = TimedMarketplace(node.connect(str(chain.rpc_url)), market.address)  # its own connection
             go = after_the_others if a.late else at_once
             threads.append(
-                threading.Thread(target=_submit, args=(a, own, account, key, job, store, go), daemon=True)
+                threading.Thread(
+                    target=_submit, args=(a, own, account, key, job, store, go, self._trust), daemon=True
+                )
             )
         workers.wait_ready(deadline)
         self.phases["prepare"] = time.monotonic() - self._began - self.phases["setup"]

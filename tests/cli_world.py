@@ -99,7 +99,10 @@ def chain_up(
     if port is not None:
         args += ["--port", str(port)]
     proc = procs.start(*args, name=name)
-    return proc, procs.first_line(proc)
+    ready = procs.first_line(proc)
+    # The clients seal only to enclaves they trust: trust this chain's own SIMULATED enclave, by name.
+    procs.run("enclave", "trust", "--simulated", "--state", str(procs.tmp / "state"))
+    return proc, ready
 
 
 def chain(procs: Procs, lease_seconds: int) -> tuple[str, Path]:

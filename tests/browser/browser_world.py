@@ -2,7 +2,9 @@
 
 `sterling chain up` (anvil), a `sterling enclave run` worker, listings published with
 `sterling provider publish`, and `sterling serve` in front of them; every process is stopped at
-the end, whatever happens. Nothing of Sterling's is replaced.
+the end, whatever happens. Nothing of Sterling's is replaced: the server answers only with the
+access token it printed, which the pages get as a cookie (conftest's `page` logs in) and `api`
+sends as a header.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Market:
     rpc_url: str = ""
     state: Path = Path()
     base_url: str = ""
+    token: str = ""
     listings: dict[str, Listing] = field(default_factory=dict)
     cli_job: int = 0
     running: list[subprocess.Popen[str]] = field(default_factory=list)
@@ -158,7 +161,10 @@ class Market:
         return self.start("serve", *self.chain_args(), "--port", "0", "--format", "json", name="serve")
 
     def api(self, path: str) -> Any:
-        with urllib.request.urlopen(f"{self.base_url}{path}", timeout=30) as r:
+        request = urllib.request.Request(
+            f"{self.base_url}{path}", headers={"Authorization": f"token {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as r:
             return json.loads(r.read())
 
     def wait_idle(self, timeout: float = 120) -> None:
@@ -196,6 +202,8 @@ def start_market(m: Market) -> None:
         name="worker",
     )  # fmt: skip
     m.worker = worker
+    # The clients seal only to enclaves they trust: trust this chain's own SIMULATED enclave, by name.
+    m.run("enclave", "trust", "--simulated", "--state", str(m.state))
     ready = m.first_line(worker, "worker")
     assert ready["event"] == "ready"
     assert ready["simulated"] is True
@@ -206,4 +214,5 @@ def start_market(m: Market) -> None:
          "price_per_job": 3_000_000_000_000_000, "cap": 0.5, "budget": 4.0},
     ])  # fmt: skip
     m.cli_job = m.submit_cli_job(template, m.listings["north"].id, steps=40)
-    m.base_url = str(m.first_line(server, "serve")["url"]).rstrip("/")
+    up = m.first_line(server, "serve")
+    m.base_url, m.token = str(up["url"]).rstrip("/"), str(up["token"])

@@ -2,7 +2,9 @@
 
 The market (chain, worker, listings, server) is started once per session as separate processes;
 each test gets a fresh browser context, which fails the test on any JavaScript error and on any
-request that leaves loopback (the pages must load nothing from the internet).
+request that leaves loopback (the pages must load nothing from the internet). The context logs in
+first, as a user opening the tokened URL `sterling serve` printed: the server's redirect sets its
+HttpOnly, SameSite=Strict cookie (on /api-docs, so that each test still starts the app afresh).
 """
 
 from __future__ import annotations
@@ -47,6 +49,13 @@ def page(browser: Browser, market: Market) -> Iterator[Page]:
 
     context.route("**/*", only_loopback)
     p = context.new_page()
+    login = p.goto(f"{market.base_url}/api-docs?token={market.token}")
+    assert login is not None
+    assert login.ok
+    assert login.url == f"{market.base_url}/api-docs"  # the token left the address bar
+    (cookie,) = context.cookies()
+    assert cookie["httpOnly"]
+    assert cookie["sameSite"] == "Strict"
     errors: list[str] = []
     p.on("pageerror", lambda exc: errors.append(str(exc)))
     yield p

@@ -23,7 +23,7 @@ def post(market: Market, path: str, body: dict[str, Any]) -> Any:
     req = urllib.request.Request(
         f"{market.base_url}{path}",
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"token {market.token}"},
         method="POST",
     )
     with urllib.request.urlopen(req, timeout=60) as r:

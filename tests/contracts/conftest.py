@@ -77,6 +77,7 @@ class Market:
         delta: float = 1e-5,
         policy: str | None = None,
         pinned: bytes | None = None,
+        price_per_prediction: int = 0,
     ) -> int:
         terms = Terms(
             price_per_job,
@@ -84,6 +85,7 @@ class Market:
             to_micro(cap),
             policy or "0x0000000000000000000000000000000000000000",
             pinned or bytes(32),
+            price_per_prediction,
         )
         return self.m.publish(
             provider or self.a.provider,
@@ -103,6 +105,7 @@ class Market:
         consumer: LocalAccount | None = None,
         value: int | None = None,
         delta: float = 1e-5,
+        max_prices: list[int] | None = None,
     ) -> int:
         consumer = consumer or self.a.consumer
         micro = [to_micro(e) for e in epsilons]
@@ -119,6 +122,7 @@ class Market:
             job_hash=os.urandom(32),
             job_uri="memory://job",
             value=value,
+            max_prices=max_prices,
         )
 
     def complete(
@@ -160,8 +164,13 @@ def _deployed(request) -> Iterator[Market]:  # type: ignore[no-untyped-def]
     chain = _make_chain(kind, binary)
     acc = chain.dev_accounts
     actors = Actors(*acc[:9])
-    m = Marketplace.deploy(chain, actors.admin, attestation_signer=actors.platform.address, lease_seconds=600)
-    m.allow_measurement(actors.admin, MEASUREMENT)
+    m = Marketplace.deploy(
+        chain,
+        actors.admin,
+        attestation_signer=actors.platform.address,
+        lease_seconds=600,
+        measurements=[MEASUREMENT],
+    )
     yield Market(chain, m, actors)
     chain.close()
 

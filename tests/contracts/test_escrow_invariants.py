@@ -28,8 +28,9 @@ HPKE = bytes.fromhex("bb" * 32)
 def world():
     chain = node.embedded()
     admin, platform, enclave, p1, p2, c1, c2 = chain.dev_accounts[:7]
-    m = Marketplace.deploy(chain, admin, attestation_signer=platform.address, lease_seconds=600)
-    m.allow_measurement(admin, MEASUREMENT)
+    m = Marketplace.deploy(
+        chain, admin, attestation_signer=platform.address, lease_seconds=600, measurements=[MEASUREMENT]
+    )
     att = digests.sign_digest(
         platform, m.attestation_digest(measurement=MEASUREMENT, enclave=enclave.address, hpke_public_key=HPKE)
     )

@@ -66,15 +66,18 @@ def test_malformed_submissions(live):
     cases = [
         ({"listing_ids": [lid, lid], "epsilons": [1, 1]}, "duplicate listing"),
         ({"listing_ids": [], "epsilons": []}, "no listings"),
-        ({"listing_ids": [lid], "epsilons": [1, 2]}, "one epsilon per listing"),
+        ({"listing_ids": [lid], "epsilons": [1, 2]}, "one epsilon and price per listing"),
+        ({"listing_ids": [lid], "epsilons": [1], "max_prices": [1, 2]}, "one epsilon and price per listing"),
         ({"listing_ids": [77], "epsilons": [1]}, "unknown listing"),
         ({"listing_ids": [lid], "epsilons": [1], "consumer_key": bytes(32)}, "empty consumer key"),
         ({"listing_ids": [lid], "epsilons": [1], "job_hash": bytes(32)}, "empty job hash"),
         ({"listing_ids": [lid], "epsilons": [1], "delta": 0}, "zero delta"),
     ]
     for overrides, reason in cases:
+        kw = {**base, **overrides}
+        kw.setdefault("max_prices", [10**18] * len(kw["listing_ids"]))
         with pytest.raises(ContractRevert, match=f"marketplace: {reason}"):
-            live.m.submit_job(live.a.consumer, **{**base, **overrides})
+            live.m.submit_job(live.a.consumer, **kw)
 
 
 def test_cancel_before_claim_refunds_and_releases(live):
@@ -134,7 +137,7 @@ def test_expire_returns_the_job_to_the_pool(live):
     job = live.m.job(jid)
     assert job.state is JobState.PENDING
     assert job.enclave == "0x0000000000000000000000000000000000000000"
-    with pytest.raises(ContractRevert, match="job is not claimed"):
+    with pytest.raises(ContractRevert, match="job not expired"):
         live.m.expire_job(live.a.outsider, jid)
     live.m.cancel_job(live.a.consumer, jid)  # pending again, so the consumer may leave
 
@@ -155,7 +158,7 @@ def test_extend_lease_only_by_the_holder_before_it_runs_out(live):
 
 def test_pinned_measurement(live):
     other = bytes.fromhex("66" * 32)
-    live.m.allow_measurement(live.a.admin, other)
+    live.m.allow_measurement_now(live.a.admin, other)
     pinned = live.publish(pinned=other)
     jid = live.submit([pinned], [1.0])
     with pytest.raises(ContractRevert, match="listing pins another measurement"):

@@ -1,4 +1,9 @@
-"""Per-prediction fees split among a completed job's providers by the recorded weights."""
+"""Per-prediction fees: count × each listing's price per prediction to its provider, the rest by weight.
+
+PredictionFees credits each provider `count` times the price per prediction in its listing's terms; a
+payment must cover the sum, and whatever is paid beyond it is split by the weights (the settlement's
+or an enclave's signed attribution), the rounding remainder to the first listing with a weight.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,13 @@ from hypothesis import strategies as st
 
 from sterling.errors import ContractRevert
 
+U256 = 2**256
 
-def completed(live, weights):
+
+def completed(live, weights, prices=None):
     providers = [live.a.provider, live.a.provider2, live.a.outsider][: len(weights)]
-    lids = [live.publish(provider=p) for p in providers]
+    prices = prices or [0] * len(weights)
+    lids = [live.publish(provider=p, price_per_prediction=c) for p, c in zip(providers, prices, strict=True)]
     jid = live.submit(lids, [1.0] * len(lids))
     live.m.claim_job(live.a.enclave, jid)
     live.complete(jid, payouts=[0] * len(lids), spent=[0] * len(lids), weights=weights)
@@ -122,7 +130,103 @@ def test_predictions_digest_matches_the_contract(live):
     jid, _ = completed(live, [1, 2])
     args = {"payer": live.a.consumer.address, "count": 9, "batch_hash": b"\x07" * 32, "weights": [5, 6]}
     ours = live.m.predictions_digest(jid, **args)
-    theirs = live.m.contract.functions.predictions_digest(
+    theirs = live.m.fees.contract.functions.predictions_digest(
         jid, args["payer"], args["count"], args["batch_hash"], args["weights"]
     ).call()
     assert ours == bytes(theirs)
+
+
+def test_each_provider_gets_count_times_its_price_and_the_excess_by_weight(live):
+    jid, (p1, p2) = completed(live, [1, 3], prices=[10, 1])
+    assert live.m.prediction_price(jid) == 11
+    with pytest.raises(ContractRevert, match="fees: payment below count x price"):
+        live.m.pay_for_predictions(live.a.consumer2, jid, count=5, value=54)
+    live.m.pay_for_predictions(live.a.consumer2, jid, count=5, value=55)  # exactly the price: no excess
+    assert (live.m.balance_of(p1.address), live.m.balance_of(p2.address)) == (50, 5)
+    live.m.pay_for_predictions(live.a.consumer2, jid, count=5, value=55 + 101)
+    assert live.m.balance_of(p1.address) == 50 + 50 + 25 + 1  # 101 // 4, plus the remainder
+    assert live.m.balance_of(p2.address) == 5 + 5 + 75
+    assert live.m.liabilities() == live.m.ether_balance()
+
+
+def test_attributed_predictions_pay_the_prices_first(live):
+    jid, (p1, p2) = completed(live, [1, 1], prices=[2, 0])
+    payer, batch = live.a.consumer2, b"\x09" * 32
+    sig = _attribute(live, jid, [0, 1], payer=payer, count=10, batch=batch)
+    with pytest.raises(ContractRevert, match="payment below count x price"):
+        live.m.pay_for_attributed_predictions(
+            payer, jid, count=10, batch_hash=batch, weights=[0, 1],
+            enclave=live.a.enclave.address, signature=sig, value=19,
+        )  # fmt: skip
+    live.m.pay_for_attributed_predictions(
+        payer, jid, count=10, batch_hash=batch, weights=[0, 1],
+        enclave=live.a.enclave.address, signature=sig, value=30,
+    )  # fmt: skip
+    assert (live.m.balance_of(p1.address), live.m.balance_of(p2.address)) == (20, 10)
+
+
+def _model(count, prices, weights, payment):  # type: ignore[no-untyped-def]
+    """What PredictionFees credits (a list of shares) or why it refuses (a string), in exact integers."""
+    if count == 0:
+        return "zero predictions"
+    if payment == 0:
+        return "zero payment"
+    shares, due = [], 0
+    for p in prices:
+        shares.append(count * p)
+        due += count * p
+        if count * p >= U256 or due >= U256:
+            return "overflow"
+    if payment < due:
+        return "payment below count x price"
+    excess = payment - due
+    if excess:
+        if sum(weights) >= U256 or any(excess * w >= U256 for w in weights):
+            return "overflow"
+        total = sum(weights)
+        if total == 0:
+            return "job has no prediction weights"
+        cut = [excess * w // total for w in weights]
+        shares = [s + c for s, c in zip(shares, cut, strict=True)]
+        shares[next(i for i, w in enumerate(weights) if w)] += excess - sum(cut)
+    return shares
+
+
+u256 = st.one_of(
+    st.integers(min_value=0, max_value=1000),
+    st.integers(min_value=0, max_value=U256 - 1),
+    st.sampled_from([2**128, 2**255, U256 - 1]),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    count=st.one_of(st.integers(min_value=0, max_value=100), st.integers(min_value=0, max_value=U256 - 1)),
+    listings=st.lists(st.tuples(u256, u256), min_size=1, max_size=3),
+    payment=st.one_of(st.integers(min_value=0, max_value=10**6), st.integers(min_value=0, max_value=10**21)),
+)
+def test_fee_splits_are_exact_and_never_above_the_payment(live, count, listings, payment):
+    """Over the whole uint256 range of counts, prices and weights the chain does what the model says.
+
+    Whenever it accepts, each provider gets at least count × its price and the shares sum to the payment.
+    """
+    prices = [p for p, _ in listings]
+    weights = [w for _, w in listings]
+    expected = _model(count, prices, weights, payment)
+    snap = live.chain.snapshot()
+    try:
+        jid, providers = completed(live, weights, prices=prices)
+        if isinstance(expected, str):
+            with pytest.raises(ContractRevert) as refused:
+                live.m.pay_for_predictions(live.a.consumer2, jid, count=count, value=payment)
+            if expected != "overflow":
+                assert expected in str(refused.value)
+            return
+        live.m.pay_for_predictions(live.a.consumer2, jid, count=count, value=payment)
+        gained = [live.m.balance_of(p.address) for p in providers]
+        assert gained == expected
+        assert sum(gained) == payment
+        assert all(g >= count * p for g, p in zip(gained, prices, strict=True))
+        assert live.m.liabilities() == live.m.ether_balance()
+    finally:
+        live.chain.revert(snap)

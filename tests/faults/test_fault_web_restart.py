@@ -27,6 +27,8 @@ from sterling.chain.types import JobState
 
 pytestmark = [pytest.mark.browser, pytest.mark.anvil, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
+#: Both launches take this token (`--token`), so the page's cookie from the first still opens the second.
+TOKEN = "restart-test-token-0123456789"
 
 
 @pytest.fixture(autouse=True)
@@ -51,19 +53,26 @@ def pending_job(procs: Procs, url: str, marketplace: str) -> tuple[Marketplace, 
     from sterling.privacy.job import Job
     from sterling.sdk.consumer import submit_job
     from sterling.sdk.provider import ListingTerms, choose_enclave, publish, seal_dataset
+    from sterling.sdk.trust import Trust
     from sterling.storage.blobs import BlobStore
 
     market = Marketplace.at(node.connect(url), marketplace)
     accounts = market.chain.dev_accounts
     store = BlobStore(procs.store)
     state = procs.tmp / "state"  # the simulated platform key `sterling chain up` trusts lives here
-    Worker.open(market, SimulatedTee(state), state / "enclave", store).register(admin=accounts[0])
+    tee = SimulatedTee(state)
+    Worker.open(market, tee, state / "enclave", store).register(admin=accounts[0])
+    trust = Trust.of(tee.measurement(), tee.platform_key.address, simulated=True)  # the chain's own
     rng = np.random.default_rng(1)
     x = rng.normal(size=(200, 4)).astype(np.float32)
     data = Dataset(x, (x.sum(1) > 0).astype(np.int64), Schema("tabular", (4,), "float32", ("no", "yes"), 200))
     terms = ListingTerms(10**15, 10**15, 5.0, 2.0, 1e-5)
     listing = publish(
-        market, accounts[5], seal_dataset(data, store, name="Clinic"), terms, enclave=choose_enclave(market)
+        market,
+        accounts[5],
+        seal_dataset(data, store, name="Clinic"),
+        terms,
+        enclave=choose_enclave(market, trust=trust),
     ).listing_id
     doc: dict[str, Any] = {
         "name": "restart test",
@@ -73,7 +82,7 @@ def pending_job(procs: Procs, url: str, marketplace: str) -> tuple[Marketplace, 
         "evaluation": {"holdout_fraction": 0.2, "metrics": ["accuracy"], "metrics_epsilon": 0.1},
         "payment_cap_wei": 10**18,
     }
-    job = submit_job(market, accounts[3], X25519PrivateKey.generate(), Job.parse(doc), store)
+    job = submit_job(market, accounts[3], X25519PrivateKey.generate(), Job.parse(doc), store, trust=trust)
     return market, job.job_id
 
 
@@ -81,7 +90,7 @@ def serve(procs: Procs, url: str, port: int, name: str) -> tuple[Any, str]:
     state, store = str(procs.tmp / "state"), str(procs.store)
     proc = procs.start(
         "serve", "--rpc-url", url, "--state", state, "--store", store, "--port", str(port),
-        "--format", "json", name=name,
+        "--token", TOKEN, "--format", "json", name=name,
     )  # fmt: skip
     return proc, str(procs.first_line(proc, timeout=120)["url"]).rstrip("/")
 
@@ -98,7 +107,7 @@ def test_a_job_page_says_it_lost_the_server_and_recovers_when_it_is_back(procs, 
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     try:
-        page.goto(f"/#/jobs/{job_id}")
+        page.goto(f"/?token={TOKEN}#/jobs/{job_id}")  # the printed URL; the redirect keeps the #
         expect(page.locator("#job-state")).to_have_attribute("data-state", "pending", timeout=30_000)
         expect(page.locator("#chain-status")).to_contain_text("Chain 31337")
         page.evaluate("window.sameDocument = true")  # gone if the page reloads

@@ -234,7 +234,7 @@ def _publish_manifest(site: Site, manifest: Any) -> int:
     ref = world.store.put_bytes(manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode())
     terms = ListingTerms(10**15, 10**15, 5.0, 2.0, 1e-5)
     done = publish(world.market, world.providers[1], replace(sealed, manifest=ref), terms,
-                   enclave=choose_enclave(world.market))  # fmt: skip
+                   enclave=choose_enclave(world.market, trust=world.trust))  # fmt: skip
     return done.listing_id
 
 

@@ -25,6 +25,7 @@ from sterling.enclave.worker import Worker, WorkerOptions
 from sterling.privacy.graph import template
 from sterling.privacy.job import Job
 from sterling.sdk.provider import ListingTerms, choose_enclave, publish, seal_dataset
+from sterling.sdk.trust import Trust
 from sterling.storage.blobs import BlobStore
 
 FEATURES = 6
@@ -53,6 +54,8 @@ class World:
     consumer: LocalAccount
     consumer_key: X25519PrivateKey
     providers: list[LocalAccount]
+    #: What the world's clients seal to: its own simulated enclave, trusted by name (never "any").
+    trust: Trust
     listings: list[int] = field(default_factory=list)
 
     def list_data(
@@ -69,7 +72,11 @@ class World:
         sealed = seal_dataset(dataset, self.store, name=f"p{provider}", contract_source=contract)
         terms = ListingTerms(price_per_job, price_per_epsilon, budget, cap, 1e-5)
         result = publish(
-            self.market, self.providers[provider], sealed, terms, enclave=choose_enclave(self.market)
+            self.market,
+            self.providers[provider],
+            sealed,
+            terms,
+            enclave=choose_enclave(self.market, trust=self.trust),
         )
         self.listings.append(result.listing_id)
         return result.listing_id
@@ -106,9 +113,10 @@ def make_world(tmp_path: Path, *, lease_seconds: int = 600) -> World:
     deployment, _ = ensure_deployment(chain, state, deployer=admin, lease_seconds=lease_seconds)
     market = Marketplace.at(chain, deployment.marketplace)
     store = BlobStore(tmp_path / "blobs")
+    tee = SimulatedTee(state)
     worker = Worker.open(
         market,
-        SimulatedTee(state),
+        tee,
         state / "enclave",
         store,
         options=WorkerOptions(name="w1", progress_seconds=0.0),
@@ -125,4 +133,5 @@ def make_world(tmp_path: Path, *, lease_seconds: int = 600) -> World:
         consumer=consumer,
         consumer_key=X25519PrivateKey.generate(),
         providers=chain.dev_accounts[2:6],
+        trust=Trust.of(tee.measurement(), tee.platform_key.address, simulated=True, note="the test world's"),
     )

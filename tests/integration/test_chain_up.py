@@ -138,3 +138,21 @@ def test_status_refuses_a_deployment_from_another_chain(tmp_path, anvil_binary):
         assert "no contract at" in wrong.stderr
     finally:
         chain.close()
+
+
+def test_a_restarted_chain_never_goes_back_in_time(tmp_path, anvil_binary):
+    # anvil reloads blocks but not the clock's offset: a chain moved on two days (the registry's
+    # delay on a development chain) came back at wall time, and the measurement it had put in
+    # force was announced again, so no enclave was live and the demo's second run hung.
+    chain = node.start_anvil(anvil_binary, state_dir=tmp_path)
+    try:
+        chain.advance_time(2 * 86400)
+        moved_on = chain.now()
+    finally:
+        chain.close()
+    again = node.start_anvil(anvil_binary, state_dir=tmp_path)
+    try:
+        again.fund(again.dev_accounts[1].address, 1)  # a transaction mines a block
+        assert again.now() > moved_on
+    finally:
+        again.close()

@@ -31,7 +31,9 @@ def world(tmp_path) -> World:
 
 
 def _submit(world: World, job, **kw):
-    return submit_job(world.market, world.consumer, world.consumer_key, job, world.store, **kw)
+    return submit_job(
+        world.market, world.consumer, world.consumer_key, job, world.store, trust=world.trust, **kw
+    )
 
 
 def test_a_job_runs_end_to_end_and_only_the_consumer_opens_the_model(world):
@@ -253,7 +255,7 @@ def test_appraisal_flags_and_drops_a_noise_seller_who_is_then_paid_only_the_appr
     sealed = seal_dataset(noise, world.store, name="noise", appraisal_fee_wei=fee)
     seller = publish(
         world.market, world.providers[3], sealed, ListingTerms(10**15, 10**15, 5.0, 2.0, 1e-5),
-        enclave=choose_enclave(world.market),
+        enclave=choose_enclave(world.market, trust=world.trust),
     ).listing_id  # fmt: skip
     ids = [*honest, seller]
     job = world.job(

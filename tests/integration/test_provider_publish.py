@@ -18,6 +18,7 @@ from sterling.crypto import container, seal
 from sterling.data.dataset import Dataset
 from sterling.data.loaders import load_dataset
 from sterling.errors import IntegrityError
+from sterling.sdk.trust import TrustedEnclave, TrustFile
 from sterling.storage.blobs import BlobStore
 from sterling.storage.manifest import read_manifest
 
@@ -27,7 +28,7 @@ MEASUREMENT = bytes.fromhex("5a" * 32)
 
 
 @pytest.fixture
-def market(tmp_path, anvil_binary):
+def market(tmp_path, anvil_binary, monkeypatch):
     chain = node.start_anvil(anvil_binary)
     state = tmp_path / "chain"
     admin = chain.dev_accounts[0]
@@ -36,7 +37,7 @@ def market(tmp_path, anvil_binary):
     signer = simulated_platform_key(state)
     enclave = chain.dev_accounts[1]
     hpke = X25519PrivateKey.generate()
-    m.allow_measurement(admin, MEASUREMENT)
+    m.allow_measurement_now(admin, MEASUREMENT)
     att = digests.sign_digest(
         signer,
         m.attestation_digest(
@@ -46,6 +47,9 @@ def market(tmp_path, anvil_binary):
     m.register_enclave(
         enclave, measurement=MEASUREMENT, hpke_public_key=seal.public_bytes(hpke), attestation=att
     )
+    # The provider has confirmed this enclave: its measurement, attested by the (simulated) platform.
+    monkeypatch.setenv("STERLING_HOME", str(tmp_path / "home"))
+    TrustFile.in_home(tmp_path / "home").add(TrustedEnclave(MEASUREMENT, signer.address, simulated=True))
     yield m, state, hpke
     chain.close()
 

@@ -34,6 +34,7 @@ from sterling.enclave.tee import SimulatedTee
 from sterling.enclave.worker import Worker, WorkerOptions
 from sterling.privacy.job import Job
 from sterling.sdk.provider import ListingTerms, choose_enclave, publish, seal_dataset
+from sterling.sdk.trust import Trust
 from sterling.storage.blobs import BlobStore
 
 __all__ = ["Arena", "Raw", "Sent", "make_arena", "tabular"]
@@ -143,6 +144,8 @@ class Arena:
     store: BlobStore
     worker: Worker
     admin: LocalAccount
+    #: What the arena's clients seal to: its own simulated enclave (see make_arena).
+    trust: Trust = field(default_factory=Trust)
     consumer_key: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
     logs: list[str] = field(default_factory=list)
 
@@ -168,7 +171,9 @@ class Arena:
         """An honest provider's listing, through the SDK."""
         sealed = seal_dataset(dataset, self.store, name=os.urandom(3).hex(), contract_source=contract)
         terms = ListingTerms(price_per_job, 10**15, budget, cap, 1e-5)
-        return publish(self.market, provider, sealed, terms, enclave=choose_enclave(self.market)).listing_id
+        return publish(
+            self.market, provider, sealed, terms, enclave=choose_enclave(self.market, trust=self.trust)
+        ).listing_id
 
     def job(self, listing_ids: list[int], **overrides: Any) -> Job:
         """A small, quick job: 8 steps of logistic regression at a fixed noise, ε 2 reserved per listing.
@@ -216,6 +221,7 @@ class Arena:
             "submit_job",
             [a.listing_id for a in job.listings],
             [round(a.epsilon * 10**6) for a in job.listings],
+            [2**256 - 1] * len(job.listings),  # any price: only the escrow check applies
             to_delta(job.training.delta),
             pub,
             ref.sha256,
@@ -239,9 +245,10 @@ def make_arena(chain: Chain, tmp: Path, *, name: str = "w1") -> Arena:
     market = Marketplace.at(chain, deployment.marketplace)
     store = BlobStore(tmp / "blobs")
     arena_logs: list[str] = []
+    tee = SimulatedTee(state)
     worker = Worker.open(
         market,
-        SimulatedTee(state),
+        tee,
         state / "enclave",
         store,
         # Heartbeats every 30 s: the suite's jobs finish well within one, so none is sent mid-job.
@@ -250,5 +257,12 @@ def make_arena(chain: Chain, tmp: Path, *, name: str = "w1") -> Arena:
     )
     worker.register(admin=admin)
     return Arena(
-        chain=chain, market=market, state=state, store=store, worker=worker, admin=admin, logs=arena_logs
+        chain=chain,
+        market=market,
+        state=state,
+        store=store,
+        worker=worker,
+        admin=admin,
+        logs=arena_logs,
+        trust=Trust.of(tee.measurement(), tee.platform_key.address, simulated=True),
     )

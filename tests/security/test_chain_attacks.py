@@ -20,11 +20,20 @@ from sterling.chain.types import JobState, Terms
 from sterling.chain.units import to_delta, to_micro
 
 DELTA = to_delta(1e-5)
+ANY_PRICE = 2**256 - 1  # the attacker agrees to any price: only the escrow check stands in its way
 
 
 def _submit(arena: Arena, consumer, listing: int, micro: int, *, value: int = ETH // 10):  # type: ignore[no-untyped-def]
     return arena.raw(consumer).send(
-        "submit_job", [listing], [micro], DELTA, os.urandom(32), os.urandom(32), "memory://job", value=value
+        "submit_job",
+        [listing],
+        [micro],
+        [ANY_PRICE],
+        DELTA,
+        os.urandom(32),
+        os.urandom(32),
+        "memory://job",
+        value=value,
     )
 
 
@@ -63,9 +72,16 @@ def _tx_of(arena: Arena, event: str, **match: object):  # type: ignore[no-untype
     for ev in arena.market.events():
         if ev.name == event and all(ev.args.get(k) == v for k, v in match.items()):
             tx = arena.chain.w3.eth.get_transaction(ev.tx_hash)  # type: ignore[arg-type]
-            fn, args = arena.market.contract.decode_function_input(tx["input"])
+            (contract,) = [c.contract for c in arena.market.contracts if c.address == ev.address]
+            fn, args = contract.decode_function_input(tx["input"])
             return fn.fn_name, args
     raise AssertionError(f"no {event} {match}")
+
+
+def _to_registry(raw, market: Marketplace):  # type: ignore[no-untyped-def]
+    """The attacker's raw sender, aimed at the market's EnclaveRegistry instead."""
+    raw.contract = raw.w3.eth.contract(address=market.registry.address, abi=market.registry.contract.abi)
+    return raw
 
 
 def test_a_real_enclaves_attestation_replayed_by_an_attacker_or_on_another_marketplace_is_refused(
@@ -76,7 +92,7 @@ def test_a_real_enclaves_attestation_replayed_by_an_attacker_or_on_another_marke
     assert fn == "register_enclave"
     attestation = (args["measurement"], args["hpke_public_key"], args["attestation"])
     attacker = arena.account()
-    stolen = arena.raw(attacker).send("register_enclave", *attestation)
+    stolen = _to_registry(arena.raw(attacker), arena.market).send("register_enclave", *attestation)
     assert not stolen.ok
     assert "attestation not signed by the attestation signer" in stolen.reason
     assert not arena.market.is_enclave(attacker.address)
@@ -88,10 +104,12 @@ def test_a_real_enclaves_attestation_replayed_by_an_attacker_or_on_another_marke
         other_state,
         deployer=arena.admin,
         attestation_signer=arena.market.attestation_signer(),
+        measurements=[attestation[0]],
     )
     second = Marketplace.at(arena.chain, other.marketplace)
-    second.allow_measurement(arena.admin, attestation[0])
-    replayed = arena.raw(arena.worker.account, second).send("register_enclave", *attestation)
+    replayed = _to_registry(arena.raw(arena.worker.account, second), second).send(
+        "register_enclave", *attestation
+    )
     arena.chain.transactor.reset()  # the worker's own client must re-read the nonce this used
     assert not replayed.ok
     assert "attestation not signed by the attestation signer" in replayed.reason
@@ -200,14 +218,14 @@ def test_many_concurrent_jobs_and_derived_listings_never_overspend_one_budget(an
     # Nobody can re-list the data to get a fresh budget, nor raise the cap past the budget.
     attacker = arena.raw(arena.account())
     listing = arena.market.listing(parent)
-    terms = (0, 0, to_micro(3), "0x" + "00" * 20, bytes(32))
+    terms = (0, 0, to_micro(3), "0x" + "00" * 20, bytes(32), 0)
     republish = attacker.send(
         "publish", listing.data_uri, data_hash, listing.sealed_key, bytes(32), terms, to_micro(100), DELTA
     )
     assert "data already listed" in republish.reason
     assert "caller does not own the data" in attacker.send("derive", parent, bytes(32), terms).reason
     too_big = arena.raw(provider).send(
-        "derive", parent, bytes(32), (0, 0, to_micro(3) + 1, terms[3], terms[4])
+        "derive", parent, bytes(32), (0, 0, to_micro(3) + 1, terms[3], terms[4], 0)
     )
     assert "max epsilon per job above budget" in too_big.reason
 

@@ -51,7 +51,9 @@ def _list(world: World, seed: int, provider: int, *, rows: int = 400) -> int:
 
 
 def _submit(world: World, job: Any) -> int:
-    return submit_job(world.market, world.consumer, world.consumer_key, job, world.store).job_id
+    return submit_job(
+        world.market, world.consumer, world.consumer_key, job, world.store, trust=world.trust
+    ).job_id
 
 
 def _pilot_job(

@@ -55,7 +55,9 @@ def test_provider_contracts_that_recurse_flood_the_host_or_return_too_much_fail_
         lid = arena.list_data(tabular(60, 1), arena.account(), contract=source)
         jobs[kind] = arena.hand_made(consumer, arena.job([lid]))
     good_listing = arena.list_data(tabular(150, 2), arena.account())
-    good = submit_job(arena.market, consumer, arena.consumer_key, arena.job([good_listing]), arena.store)
+    good = submit_job(
+        arena.market, consumer, arena.consumer_key, arena.job([good_listing]), arena.store, trust=arena.trust
+    )
     handled = {h.job_id: h for h in arena.worker.poll()}
     for kind, (_, fragment) in bad.items():
         reason = arena.failed_reason(jobs[kind])
@@ -135,7 +137,7 @@ def test_a_consumer_contract_that_misbehaves_keeps_every_provider_and_the_job_co
         release={"appraisal_values": True, "appraisal_epsilon": 0.2, "retrain_without_dropped": True},
         contract=MISBEHAVING_KEEP[kind],
     )
-    submitted = submit_job(arena.market, consumer, arena.consumer_key, job, arena.store)
+    submitted = submit_job(arena.market, consumer, arena.consumer_key, job, arena.store, trust=arena.trust)
     (handled,) = arena.worker.poll()
     assert handled.state == "completed", handled.reason
     expected = (

@@ -57,7 +57,9 @@ def test_storage_and_chain_hold_no_plaintext(world):
     data = tabular(400, 1)
     listing = world.list_data(data, provider=0)
     job = world.job([listing])
-    submitted = submit_job(world.market, world.consumer, world.consumer_key, job, world.store)
+    submitted = submit_job(
+        world.market, world.consumer, world.consumer_key, job, world.store, trust=world.trust
+    )
     (handled,) = world.worker.poll()
     assert handled.state == "completed", handled.reason
     bundle = fetch_result(world.market, submitted.job_id, world.consumer_key)

@@ -68,7 +68,9 @@ def test_tampered_truncated_or_swapped_blobs_fail_the_job_and_the_worker_goes_on
         "swapped blobs": (swap, "its data is missing or corrupt in storage"),
     }
     for what, (attack, reason) in attacks.items():
-        job_id = submit_job(arena.market, consumer, arena.consumer_key, arena.job([a, b]), arena.store).job_id
+        job_id = submit_job(
+            arena.market, consumer, arena.consumer_key, arena.job([a, b]), arena.store, trust=arena.trust
+        ).job_id
         attack(a_file)
         (handled,) = arena.worker.poll()
         assert handled.state == "failed", what
@@ -79,15 +81,21 @@ def test_tampered_truncated_or_swapped_blobs_fail_the_job_and_the_worker_goes_on
         b_file.write_bytes(b_bytes)
 
     # The sealed job body tampered with in storage: refused before anything is opened.
-    job_id = submit_job(arena.market, consumer, arena.consumer_key, arena.job([a]), arena.store).job_id
+    job_id = submit_job(
+        arena.market, consumer, arena.consumer_key, arena.job([a]), arena.store, trust=arena.trust
+    ).job_id
     body = _blob(arena, arena.market.job(job_id).job_hash)
     flip(body)
     (handled,) = arena.worker.poll()
     assert "the job body is missing or corrupt in storage" in arena.failed_reason(job_id)
     _refunded_and_uncharged(arena, job_id)
 
-    # Restored, both providers' data trains a model that only the consumer opens.
-    good = submit_job(arena.market, consumer, arena.consumer_key, arena.job([a, b]), arena.store).job_id
+    # Restored, both providers' data trains a model that only the consumer opens. (Long enough to
+    # learn in every draw of the enclave's secret noise: 8 steps at σ 12 fell below 0.7 now and then.)
+    learns = arena.job([a, b], training={"steps": 30, "noise_multiplier": 8.0})
+    good = submit_job(
+        arena.market, consumer, arena.consumer_key, learns, arena.store, trust=arena.trust
+    ).job_id
     (handled,) = arena.worker.poll()
     assert handled.state == "completed", handled.reason
     bundle = fetch_result(arena.market, good, arena.consumer_key)
@@ -114,7 +122,9 @@ def _copy_of_publish(arena: Arena, victim: LocalAccount, dataset_seed: int):  # 
     binding = seal.data_key_binding(
         arena.chain.chain_id, arena.market.address, sealed.ciphertext.sha256, provider=victim.address
     )
-    sealed_key = seal.seal(sealed.data_key, choose_enclave(arena.market).hpke_public_key, binding)
+    sealed_key = seal.seal(
+        sealed.data_key, choose_enclave(arena.market, trust=arena.trust).hpke_public_key, binding
+    )
     return sealed, (
         sealed.manifest.uri,
         sealed.ciphertext.sha256,
@@ -137,7 +147,9 @@ def test_a_listing_front_run_with_a_providers_sealed_key_is_failed_and_pays_the_
     lid = arena.market.listing_count()
     assert arena.market.listing(lid).provider == thief.address
     assert "data already listed" in arena.raw(victim).send("publish", *args).reason
-    job_id = submit_job(arena.market, consumer, arena.consumer_key, arena.job([lid]), arena.store).job_id
+    job_id = submit_job(
+        arena.market, consumer, arena.consumer_key, arena.job([lid]), arena.store, trust=arena.trust
+    ).job_id
     (handled,) = arena.worker.poll()
     assert handled.state == "failed"
     assert f"listing {lid}: its sealed data key does not open here" in arena.failed_reason(job_id)
@@ -158,7 +170,9 @@ def test_a_sealed_key_copied_into_another_providers_listing_does_not_open(arena:
     )  # fmt: skip
     assert sent.ok, sent.reason
     lid = arena.market.listing_count()
-    job_id = submit_job(arena.market, consumer, arena.consumer_key, arena.job([lid]), arena.store).job_id
+    job_id = submit_job(
+        arena.market, consumer, arena.consumer_key, arena.job([lid]), arena.store, trust=arena.trust
+    ).job_id
     arena.worker.poll()
     assert f"listing {lid}: its sealed data key does not open here" in arena.failed_reason(job_id)
     _refunded_and_uncharged(arena, job_id)
@@ -209,7 +223,9 @@ def test_no_data_key_for_a_job_another_worker_holds_or_that_is_over(arena: Arena
         options=WorkerOptions(name="w3", progress_seconds=30.0),
     )  # fmt: skip
     other.register()
-    job_id = submit_job(arena.market, consumer, arena.consumer_key, arena.job([lid]), arena.store).job_id
+    job_id = submit_job(
+        arena.market, consumer, arena.consumer_key, arena.job([lid]), arena.store, trust=arena.trust
+    ).job_id
     arena.market.claim_job(other.account, job_id)
     other.keys.approve(arena.market, job_id)
     arena.worker.keys.approve(arena.market, job_id)  # even a wrongly approved job of another worker

@@ -159,8 +159,7 @@ def chain() -> Iterator[Chain]:
 def test_simulated_attestation_registers_on_a_real_marketplace(chain: Chain, tmp_path: Path) -> None:
     admin, enclave = chain.dev_accounts[0], chain.dev_accounts[1]
     tee = SimulatedTee(tmp_path, measurement=M1)
-    m = Marketplace.deploy(chain, admin, attestation_signer=tee.platform_key.address)
-    m.allow_measurement(admin, M1)
+    m = Marketplace.deploy(chain, admin, attestation_signer=tee.platform_key.address, measurements=[M1])
 
     sig = tee.attest(
         chain_id=chain.chain_id, marketplace=m.address, enclave=enclave.address, hpke_public_key=HPKE_KEY
@@ -184,8 +183,7 @@ def test_marketplace_refuses_an_attestation_of_other_code(chain: Chain, tmp_path
     admin, enclave = chain.dev_accounts[0], chain.dev_accounts[2]
     tee = SimulatedTee(tmp_path, measurement=M1)
     other = SimulatedTee(tmp_path, measurement=M2)  # same platform, other code
-    m = Marketplace.deploy(chain, admin, attestation_signer=tee.platform_key.address)
-    m.allow_measurement(admin, M1)
+    m = Marketplace.deploy(chain, admin, attestation_signer=tee.platform_key.address, measurements=[M1])
     sig = other.attest(
         chain_id=chain.chain_id, marketplace=m.address, enclave=enclave.address, hpke_public_key=HPKE_KEY
     )

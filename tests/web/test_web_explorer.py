@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from web3 import Web3
 from web3.providers.rpc import HTTPProvider
-from webworld import CONSUMER, Site
+from webworld import CONSUMER, ORIGIN, TOKEN, Site
 
 from sterling.chain.marketplace import Marketplace
 from sterling.chain.node import Chain, free_port
@@ -108,7 +108,8 @@ def test_an_unreachable_node_is_502_not_a_traceback(site: Site):
         store=site.world.store,
         state_dir=site.world.state,
     )
-    with TestClient(create_app(context, static_dir=site.world.state / "static")) as client:
+    app = create_app(context, static_dir=site.world.state / "static", token=TOKEN)
+    with TestClient(app, base_url=ORIGIN, headers={"Authorization": f"token {TOKEN}"}) as client:
         for path in ("/api/status", "/api/listings", "/api/explorer/blocks"):
             r = client.get(path)
             assert r.status_code == 502, path

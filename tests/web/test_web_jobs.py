@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
-from webworld import CONSUMER, Site, tabular
+from webworld import CONSUMER, ORIGIN, TOKEN, Site, tabular
 
 from sterling.chain.types import JobState
 from sterling.enclave.contracts import example
@@ -250,7 +250,9 @@ def test_stream_ends_when_the_client_goes_away(site: Site, listed):
             "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
             "method": "GET", "scheme": "http", "path": f"/api/jobs/{job_id}/stream",
             "raw_path": f"/api/jobs/{job_id}/stream".encode(), "query_string": b"", "root_path": "",
-            "headers": [], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+            "headers": [(b"host", ORIGIN.removeprefix("http://").encode()),
+                        (b"authorization", f"token {TOKEN}".encode())],
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
         }  # fmt: skip
         with anyio.fail_after(60):  # a hang guard: a stream that outlived its client would never return
             await app(scope, receive, send)  # type: ignore[operator]

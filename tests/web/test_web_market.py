@@ -126,7 +126,9 @@ def test_preview_only_where_the_provider_published_one(site: Site, listed):
         data, w.store, name="with preview", preview_png=render(data), publish_class_counts=True
     )
     terms = ListingTerms(10**15, 10**15, 5.0, 2.0, 1e-5)
-    lid = publish(w.market, w.providers[2], sealed, terms, enclave=choose_enclave(w.market)).listing_id
+    lid = publish(
+        w.market, w.providers[2], sealed, terms, enclave=choose_enclave(w.market, trust=w.trust)
+    ).listing_id
     doc = site.client.get(f"/api/listings/{lid}").json()
     assert doc["preview"] is True
     assert doc["class_counts"] == [data.class_counts()["healthy"], data.class_counts()["sick"]]

@@ -27,6 +27,10 @@ from sterling.web.context import WebContext
 
 CONSUMER = 1  # dev account indexes as the API takes them (0 is the admin)
 PROVIDERS = (2, 3, 4, 5)
+#: The app's launch token and its own origin in the tests (`sterling serve` draws a token per launch).
+TOKEN = "test-token-0123456789abcdef"
+PORT = 8000
+ORIGIN = f"http://127.0.0.1:{PORT}"
 
 
 @dataclass
@@ -56,18 +60,24 @@ class Site:
 
 @contextmanager
 def serve(world: World, static_dir: Path, *, raise_server_exceptions: bool = True) -> Iterator[Site]:
-    """The web app over `world`'s market, in a test client; the chain is the caller's to close."""
+    """The web app over `world`'s market, in a test client; the chain is the caller's to close.
+
+    The client talks to it as the browser does: at its own origin, logged in once with the tokened
+    URL `sterling serve` prints (so it carries the access cookie from then on).
+    """
     from sterling.web.app import create_app
 
     context = WebContext(
+        trust=world.trust,
         market=world.market,
         store=world.store,
         state_dir=world.state,
         poll_seconds=0.05,
         keepalive_seconds=0.2,
     )
-    app = create_app(context, static_dir=static_dir)
-    with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
+    app = create_app(context, static_dir=static_dir, token=TOKEN, port=PORT)
+    with TestClient(app, base_url=ORIGIN, raise_server_exceptions=raise_server_exceptions) as client:
+        assert client.get(f"/?token={TOKEN}").status_code == 200
         yield Site(world, context, client)
 
 
@@ -77,4 +87,15 @@ def npz_bytes(dataset: Dataset) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["CONSUMER", "PROVIDERS", "Site", "World", "make_world", "npz_bytes", "tabular"]
+__all__ = [
+    "CONSUMER",
+    "ORIGIN",
+    "PORT",
+    "PROVIDERS",
+    "TOKEN",
+    "Site",
+    "World",
+    "make_world",
+    "npz_bytes",
+    "tabular",
+]

@@ -2,6 +2,8 @@
 import { api, query } from "./api.js";
 import { h, mount, empty, errorBox } from "./dom.js";
 import { eps, eth, money, shortHex, simulationBadge, stateBadge, term, when, badge } from "./format.js";
+import { accountPicker } from "./accounts.js";
+import { walletPanel } from "./wallet.js";
 
 const txLink = (hash) => h("a", { class: "mono", href: `#/tx/${hash}`, title: hash }, shortHex(hash));
 const blockLink = (n) => (n === null || n === undefined ? h("span", { class: "muted" }, "pending") : h("a", { href: `#/blocks/${n}` }, String(n)));
@@ -129,6 +131,15 @@ export async function render(page) {
   let eventName = "";
   const eventSelect = h("select", { id: "event-filter", "aria-label": "Show events named", onchange: (e) => { eventName = e.target.value; refresh(); } });
   const names = new Set();
+  // A buyer's refunds (cancelled or failed jobs, and what settlement did not spend), next to the jobs.
+  const buyer = accountPicker({ id: "refund-account", label: "Buyer account", role: "consumer" });
+  const refunds = walletPanel({ id: "buyer-wallet", kind: "consumer", account: () => buyer.value() });
+  buyer.select.addEventListener("change", () => {
+    refunds.clearNote();
+    refunds.refresh();
+  });
+  refunds.element.querySelector("h2").after(buyer.element);
+  buyer.ready.then(() => refunds.refresh());
   mount(
     page,
     h("h1", {}, "Explorer"),
@@ -137,6 +148,7 @@ export async function render(page) {
     sections.enclaves,
     h("h2", {}, "Jobs"),
     sections.jobs,
+    refunds.element,
     h("h2", {}, "Latest blocks"),
     sections.blocks,
     h("h2", {}, "Transactions"),

@@ -11,7 +11,7 @@ export function eth(wei, digits = 6) {
   if (negative) v = -v;
   const whole = v / WEI_PER_ETH;
   let frac = (v % WEI_PER_ETH).toString().padStart(18, "0").slice(0, digits).replace(/0+$/, "");
-  if (!frac && v % WEI_PER_ETH !== 0n) return `${negative ? "-" : ""}< 0.${"0".repeat(digits - 1)}1 ETH`;
+  if (!frac && whole === 0n && v % WEI_PER_ETH !== 0n) return `${negative ? "-" : ""}< 0.${"0".repeat(digits - 1)}1 ETH`;
   return `${negative ? "-" : ""}${whole.toLocaleString("en-US")}${frac ? "." + frac : ""} ETH`;
 }
 

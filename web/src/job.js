@@ -5,6 +5,7 @@ import { h, mount, empty, errorBox } from "./dom.js";
 import { eps, ethNumber, familyName, money, shortHex, simulationBadge, stateBadge, term, when } from "./format.js";
 import { barChart, lineChart, palette } from "./charts.js";
 import { eventRows } from "./explorer.js";
+import { walletPanel } from "./wallet.js";
 
 const FINAL = new Set(["completed", "failed", "cancelled"]);
 const STATE_WORDS = {
@@ -21,6 +22,7 @@ export async function render(page, id) {
   let source = null;
   const head = h("div", { id: "job-head" });
   const cancelBox = h("div", { id: "job-cancel" });
+  const walletBox = h("div", { id: "job-wallet" });
   const progressBar = h("div", { class: "progress", id: "progress", role: "progressbar", "aria-valuemin": "0" }, h("span", { class: "fill" }));
   const progressText = h("div", { class: "progress-text", id: "progress-text" });
   // Says so when the server stops answering (the browser keeps retrying the stream by itself).
@@ -33,6 +35,7 @@ export async function render(page, id) {
     h("p", {}, h("a", { href: "#/explorer" }, "← Explorer")),
     head,
     cancelBox,
+    walletBox,
     h("section", { class: "card wide" }, h("h2", {}, "Training progress"), progressBar, progressText, liveNote, epsChartBox),
     results,
     h("h2", {}, "What the chain recorded"),
@@ -276,9 +279,29 @@ export async function render(page, id) {
     }
   }
 
+  // Once the job is over and something was refunded, the buyer's balance with "Withdraw to wallet".
+  let wallet = null;
+  async function drawWallet() {
+    if (wallet || !FINAL.has(job.state) || !job.refund_wei || job.refund_wei === "0") {
+      wallet?.refresh();
+      return;
+    }
+    let owner = null;
+    try {
+      owner = (await accounts()).find((a) => a.address.toLowerCase() === String(job.consumer).toLowerCase()) ?? null;
+    } catch {
+      owner = null;
+    }
+    if (!owner || wallet) return;
+    wallet = walletPanel({ id: "refund-wallet", kind: "consumer", account: () => owner.index });
+    mount(walletBox, wallet.element);
+    wallet.refresh();
+  }
+
   function drawAll() {
     drawHead();
     drawCancel();
+    drawWallet();
     drawProgress(job.progress ?? {});
     addPoints((job.progress?.history ?? []).map((p) => [Number(p.step), Number(p.epsilon_spent)]), Number(job.progress?.steps) || 0);
     drawResults();

@@ -8,6 +8,7 @@ import * as market from "./market.js";
 import * as assemble from "./assemble.js";
 import * as editor from "./editor.js";
 import * as provider from "./provider.js";
+import * as seller from "./seller.js";
 import * as explorer from "./explorer.js";
 import * as job from "./job.js";
 
@@ -16,6 +17,7 @@ const ROUTES = [
   [/^#\/assemble$/, assemble.render, "assemble"],
   [/^#\/editor$/, editor.render, "editor"],
   [/^#\/provider$/, provider.render, "provider"],
+  [/^#\/provider\/listings$/, seller.render, "listings"],
   [/^#\/explorer$/, explorer.render, "explorer"],
   [/^#\/jobs\/(\d+)$/, job.render, "explorer"],
   [/^#\/tx\/(0x[0-9a-fA-F]+)$/, explorer.renderTx, "explorer"],
@@ -27,6 +29,7 @@ const NAV = [
   ["assemble", "#/assemble", "Your dataset"],
   ["editor", "#/editor", "Contract editor"],
   ["provider", "#/provider", "Publish data"],
+  ["listings", "#/provider/listings", "Your listings"],
   ["explorer", "#/explorer", "Explorer"],
 ];
 

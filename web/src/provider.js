@@ -73,7 +73,7 @@ export async function render(page) {
   mount(
     page,
     h("h1", {}, "Publish data"),
-    h("p", { class: "lead" }, "List a dataset so that researchers can train models on it without seeing it. You set the price and how much privacy budget it may ever spend; you are paid when jobs complete."),
+    h("p", { class: "lead" }, "List a dataset so that researchers can train models on it without seeing it. You set the price and how much privacy budget it may ever spend; you are paid when jobs complete. ", h("a", { href: "#/provider/listings" }, "See your listings and earnings.")),
     form,
   );
 
@@ -172,6 +172,8 @@ export async function render(page) {
           h("strong", {}, `Published as listing #${out.listing_id}.`),
           ` ${Number(out.rows).toLocaleString("en-US")} rows of ${out.modality} data, encrypted and sealed to the enclave. Privacy budget ε ${eps(Number(budget.value))}. `,
           h("a", { href: "#/market" }, "See it in the marketplace"),
+          " · ",
+          h("a", { href: "#/provider/listings" }, "Your listings and earnings"),
         ),
       );
       general.scrollIntoView({ block: "center" });

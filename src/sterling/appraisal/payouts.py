@@ -7,7 +7,9 @@ providers in proportion to their positive appraised value.
 
 Amounts are integer wei and the split is exact: each value is read as the
 exact rational a float is, and each share is ⌊pool·v_i/Σv⌋, so the shares
-never sum past the pool. (The split was `int(pool * v / total)` in floating
+never sum past the pool. The remainder (less than one wei per provider)
+is not paid out: it stays in the escrow, which the contract refunds to the
+consumer with everything else the payouts leave. (The split was `int(pool * v / total)` in floating
 point, which rounds up as often as down once the pool passes 2⁵³ wei, about
 0.009 ETH: payouts then exceeded escrow and the settlement reverted.)
 """

@@ -20,7 +20,7 @@ from sterling.errors import ConfigError
 CONTRACTS_DIR = Path(__file__).parent / "contracts"
 ARTIFACTS_DIR = Path(__file__).parent / "artifacts"
 #: The contracts that are deployed (interfaces are compiled into them).
-CONTRACTS = ("Marketplace", "AllowListPolicy", "CredentialPolicy")
+CONTRACTS = ("EnclaveRegistry", "Marketplace", "PredictionFees", "AllowListPolicy", "CredentialPolicy")
 EVM_VERSION = "cancun"
 
 

@@ -1,13 +1,17 @@
-"""Deployments: deploy the Marketplace once, record where, reuse it after restarts.
+"""Deployments: deploy Sterling's contracts once, record where, reuse them after restarts.
 
-A state folder holds ``deployment.json`` (chain id, addresses, block). When a
-recorded deployment still has code on the same chain it is reused; otherwise
-a fresh one is deployed and recorded (written atomically).
+A deployment is three contracts: the EnclaveRegistry, the Marketplace and
+PredictionFees, bound together (`Marketplace.deploy`). A state folder holds
+``deployment.json`` (chain id, addresses, block). When a recorded deployment
+is still on the same chain, with the registry bound to its Marketplace, it is
+reused; otherwise a fresh one is deployed and recorded (written atomically).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +34,8 @@ class Deployment:
     attestation_signer: str
     deployer: str
     block: int
+    registry: str = ""
+    prediction_fees: str = ""
 
     def save(self, state_dir: Path) -> Path:
         path = state_dir / DEPLOYMENT_FILE
@@ -49,6 +55,8 @@ class Deployment:
                 attestation_signer=str(data["attestation_signer"]),
                 deployer=str(data["deployer"]),
                 block=int(data["block"]),
+                registry=str(data.get("registry", "")),
+                prediction_fees=str(data.get("prediction_fees", "")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{path} is not a valid deployment record: {exc}") from exc
@@ -76,6 +84,7 @@ def ensure_deployment(
     deployer: LocalAccount,
     attestation_signer: str | None = None,
     lease_seconds: int = 900,
+    measurements: Sequence[bytes] = (),
 ) -> tuple[Deployment, bool]:
     """The recorded deployment if it is still on this chain, else a new one.
 
@@ -84,16 +93,22 @@ def ensure_deployment(
     path = state_dir / DEPLOYMENT_FILE
     if path.exists():
         recorded = Deployment.load(state_dir)
-        if recorded.chain_id == chain.chain_id and Marketplace(chain, recorded.marketplace).exists():
-            return recorded, True
+        if recorded.chain_id == chain.chain_id and recorded.registry:
+            with contextlib.suppress(DeploymentNotFound):
+                Marketplace.at(chain, recorded.marketplace)
+                return recorded, True
     signer = attestation_signer or simulated_platform_key(state_dir).address
-    market = Marketplace.deploy(chain, deployer, attestation_signer=signer, lease_seconds=lease_seconds)
+    market = Marketplace.deploy(
+        chain, deployer, attestation_signer=signer, lease_seconds=lease_seconds, measurements=measurements
+    )
     deployment = Deployment(
         chain_id=chain.chain_id,
         marketplace=market.address,
         attestation_signer=signer,
         deployer=deployer.address,
         block=int(chain.w3.eth.block_number),
+        registry=market.registry.address,
+        prediction_fees=market.fees.address,
     )
     deployment.save(state_dir)
     return deployment, False

@@ -1,7 +1,8 @@
 """The digests Sterling's contracts verify, computed off chain, and signing them.
 
-These mirror `Marketplace.attestation_digest` and
-`Marketplace.settlement_digest` exactly (a test compares them with the
+These mirror `EnclaveRegistry.attestation_digest` (which binds the
+Marketplace's address), `Marketplace.settlement_digest` and
+`PredictionFees.predictions_digest` exactly (a test compares them with the
 contract's own views). Signatures are EIP-191 personal-message signatures,
 as eth-account's `sign_message` makes and `ecrecover` checks on chain.
 """
@@ -104,21 +105,21 @@ PREDICTION_TAG = keccak(text="sterling.predictions.v1")
 def predictions_digest(
     *,
     chain_id: int,
-    marketplace: str,
+    fees: str,
     job_id: int,
     payer: str,
     count: int,
     batch_hash: bytes,
     weights: Sequence[int],
 ) -> bytes:
-    """What an enclave signs to attribute a batch of predictions (as `Marketplace.predictions_digest`)."""
+    """What an enclave signs to attribute a batch of predictions (as `PredictionFees.predictions_digest`)."""
     return keccak(
         encode(
             ["bytes32", "uint256", "address", "uint256", "address", "uint256", "bytes32", "uint256[]"],
             [
                 PREDICTION_TAG,
                 chain_id,
-                to_checksum_address(marketplace),
+                to_checksum_address(fees),
                 job_id,
                 to_checksum_address(payer),
                 count,

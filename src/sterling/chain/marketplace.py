@@ -1,24 +1,31 @@
-"""A typed client for the Marketplace contract.
+"""The Marketplace facade: one typed client over Sterling's three contracts.
 
-One method per contract function, keyword arguments after the first, typed
-results. Transactions are signed by the `LocalAccount` passed in; nothing
-reaches into a node's wallet. Reverts become `ContractRevert` carrying the
-contract's reason (``marketplace: ...``).
+The Marketplace contract (listings, budgets, jobs, settlement) is the public
+address; the EnclaveRegistry (admin, attestation signer, measurements,
+enclaves) and PredictionFees (per-prediction fees) are found from it and
+reached through this one client, so the rest of Sterling never needs to know
+which contract a call lands on. One method per contract function, keyword
+arguments after the first, typed results. Transactions are signed by the
+`LocalAccount` passed in; reverts become `ContractRevert` carrying the
+contract's reason (``marketplace: ...``, ``registry: ...``, ``fees: ...``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from functools import cached_property
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
-from eth_utils.abi import event_abi_to_log_topic
 from eth_utils.address import to_checksum_address
-from web3.contract import Contract
 from web3.types import TxReceipt
 
-from sterling.chain import artifacts, digests
+from sterling.chain import digests
+from sterling.chain.contract import ContractClient, as_bytes
+from sterling.chain.fees import PredictionFees
 from sterling.chain.node import Chain
+from sterling.chain.policies import AllowListPolicy, CredentialPolicy
+from sterling.chain.registry import EnclaveRegistry
 from sterling.chain.types import (
     ZERO32,
     Allocation,
@@ -30,80 +37,9 @@ from sterling.chain.types import (
     Listing,
     Terms,
 )
-from sterling.errors import ChainError, DeploymentNotFound, NotFound
+from sterling.errors import ContractRevert, DeploymentNotFound, NotFound, UsageError
 
-
-def _bytes(value: Any) -> bytes:
-    return bytes(value)
-
-
-class ContractClient:
-    """What every typed contract wrapper shares: encoding, sending, event decoding."""
-
-    artifact_name: str = ""
-
-    def __init__(self, chain: Chain, address: str) -> None:
-        self.chain = chain
-        self.address = to_checksum_address(address)
-        art = artifacts.load(self.artifact_name)
-        self.contract: Contract = chain.w3.eth.contract(address=self.address, abi=art.abi)
-        self._events = {
-            event_abi_to_log_topic(e): e["name"]  # type: ignore[arg-type]
-            for e in art.abi
-            if e["type"] == "event"
-        }
-
-    @classmethod
-    def _deploy(cls, chain: Chain, deployer: LocalAccount, *args: Any) -> TxReceipt:
-        art = artifacts.load(cls.artifact_name)
-        factory = chain.w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
-        data = factory.constructor(*args).data_in_transaction
-        receipt = chain.transactor.send(deployer, to=None, data=data, function=f"deploy {cls.artifact_name}")
-        return receipt
-
-    def exists(self) -> bool:
-        return len(self.chain.w3.eth.get_code(self.address)) > 0
-
-    def _send(self, account: LocalAccount, fn: str, *args: Any, value: int = 0) -> TxReceipt:
-        data = self.contract.encode_abi(fn, args=list(args))
-        return self.chain.transactor.send(account, to=self.address, data=data, value=value, function=fn)
-
-    def _call(self, fn: str, *args: Any) -> Any:
-        return self.chain.transactor.call(lambda: self.contract.functions[fn](*args).call(), fn)
-
-    def decode_logs(self, logs: Sequence[Any]) -> list[Event]:
-        out = []
-        for log in logs:
-            if to_checksum_address(log["address"]) != self.address or not log["topics"]:
-                continue
-            name = self._events.get(bytes(log["topics"][0]))
-            if name is None:
-                continue
-            decoded = self.contract.events[name]().process_log(log)
-            out.append(
-                Event(
-                    name=name,
-                    args=dict(decoded["args"]),
-                    block=int(log["blockNumber"]),
-                    tx_hash="0x" + bytes(log["transactionHash"]).hex(),
-                    log_index=int(log["logIndex"]),
-                    address=self.address,
-                )
-            )
-        return out
-
-    def _event(self, receipt: TxReceipt, name: str) -> Event:
-        for ev in self.decode_logs(receipt["logs"]):
-            if ev.name == name:
-                return ev
-        raise ChainError(f"transaction {receipt['transactionHash'].hex()} emitted no {name} event")
-
-    def events(self, *, from_block: int = 0, to_block: int | str = "latest") -> list[Event]:
-        """Every event this contract emitted in the block range, oldest first."""
-        logs = self.chain.w3.eth.get_logs(
-            {"address": self.address, "fromBlock": from_block, "toBlock": to_block}  # type: ignore[typeddict-item]
-        )
-        return self.decode_logs(logs)
+__all__ = ["AllowListPolicy", "CredentialPolicy", "EnclaveRegistry", "Marketplace", "PredictionFees"]
 
 
 class Marketplace(ContractClient):
@@ -111,44 +47,134 @@ class Marketplace(ContractClient):
 
     @classmethod
     def deploy(
-        cls, chain: Chain, deployer: LocalAccount, *, attestation_signer: str, lease_seconds: int = 900
+        cls,
+        chain: Chain,
+        deployer: LocalAccount,
+        *,
+        attestation_signer: str,
+        lease_seconds: int = 900,
+        measurements: Sequence[bytes] = (),
     ) -> Marketplace:
-        receipt = cls._deploy(chain, deployer, to_checksum_address(attestation_signer), lease_seconds)
-        return cls(chain, str(receipt["contractAddress"]))
+        """Deploy the registry, the Marketplace and PredictionFees, and bind them together.
+
+        `attestation_signer` and `measurements` are in force from the start (public before
+        any data is listed); later additions wait the registry's `CHANGE_DELAY`.
+        """
+        registry = EnclaveRegistry.deploy(
+            chain, deployer, attestation_signer=attestation_signer, measurements=measurements
+        )
+        receipt = cls._deploy(chain, deployer, registry.address, lease_seconds)
+        market = cls(chain, str(receipt["contractAddress"]))
+        fees = PredictionFees.deploy(chain, deployer, marketplace=market.address)
+        registry.bind(deployer, marketplace=market.address, prediction_fees=fees.address)
+        return market
 
     @classmethod
     def at(cls, chain: Chain, address: str) -> Marketplace:
-        """Attach to a deployed Marketplace; refuse an address with no code."""
+        """Attach to a deployed Marketplace; refuse an address with no code or a registry not bound to it."""
         client = cls(chain, address)
         if not client.exists():
             raise DeploymentNotFound(f"no contract at {address} on chain {chain.chain_id}")
+        try:
+            bound = client.registry.marketplace() == client.address and client.fees.exists()
+        except ContractRevert as exc:
+            raise DeploymentNotFound(f"{address} is not a Sterling Marketplace: {exc}") from exc
+        if not bound:
+            raise DeploymentNotFound(f"the registry of {address} is not bound to it")
         return client
+
+    @cached_property
+    def registry(self) -> EnclaveRegistry:
+        return EnclaveRegistry(self.chain, str(self._call("registry")))
+
+    @cached_property
+    def fees(self) -> PredictionFees:
+        return PredictionFees(self.chain, self.registry.prediction_fees())
+
+    @property
+    def contracts(self) -> tuple[ContractClient, ...]:
+        """The three contracts, Marketplace first."""
+        return (self, self.registry, self.fees)
 
     # ---------------------------------------------------------------- admin
 
     def admin(self) -> str:
-        return str(self._call("admin"))
+        return self.registry.admin()
 
     def attestation_signer(self) -> str:
-        return str(self._call("attestation_signer"))
+        """The attestation signer in force now."""
+        return self.registry.attestation_signer()
+
+    def pending_signer(self) -> str | None:
+        """An announced attestation signer not yet in force, or None."""
+        signer = self.registry.pending_signer()
+        if signer is None or self.chain.now() >= self.registry.signer_effective_at():
+            return None
+        return signer
+
+    def signer_effective_at(self) -> int:
+        return self.registry.signer_effective_at()
+
+    def change_delay(self) -> int:
+        return self.registry.change_delay()
 
     def lease_seconds(self) -> int:
         return int(self._call("lease_seconds"))
 
-    def allow_measurement(self, admin: LocalAccount, measurement: bytes, *, allowed: bool = True) -> None:
-        self._send(admin, "allow_measurement", measurement, allowed)
+    def max_lease_seconds(self) -> int:
+        return int(self._call("MAX_LEASE_SECONDS"))
+
+    def max_pending_seconds(self) -> int:
+        return int(self._call("MAX_PENDING_SECONDS"))
+
+    def max_run_seconds(self) -> int:
+        return int(self._call("MAX_RUN_SECONDS"))
+
+    def allow_measurement(self, admin: LocalAccount, measurement: bytes, *, allowed: bool = True) -> int:
+        """Announce `measurement` (it takes effect `change_delay()` later), or revoke it at once.
+
+        Returns when the change takes effect (chain time, seconds).
+        """
+        if allowed:
+            return self.registry.allow_measurement(admin, measurement)
+        self.registry.revoke_measurement(admin, measurement)
+        return self.chain.now()
+
+    def allow_measurement_now(self, admin: LocalAccount, measurement: bytes) -> None:
+        """On a development chain only: announce `measurement` and move the clock past the delay.
+
+        Time travel is what an embedded or anvil chain offers. On any other chain the
+        measurement is announced and `UsageError` says when it takes effect, so the delay
+        holds wherever it protects anyone.
+        """
+        effective_at = self.measurement_effective_at(measurement) or self.allow_measurement(
+            admin, measurement
+        )
+        wait = effective_at - self.chain.now()
+        if wait <= 0:
+            return
+        if self.chain.kind not in ("embedded", "anvil"):
+            raise UsageError(
+                f"measurement 0x{measurement.hex()} is announced and takes effect at {effective_at} "
+                f"(in {wait} s); only a development chain can move its clock past the delay"
+            )
+        self.chain.advance_time(wait)
+
+    def measurement_effective_at(self, measurement: bytes) -> int:
+        return self.registry.measurement_effective_at(measurement)
 
     def set_lease_seconds(self, admin: LocalAccount, seconds: int) -> None:
         self._send(admin, "set_lease_seconds", seconds)
 
-    def set_attestation_signer(self, admin: LocalAccount, signer: str) -> None:
-        self._send(admin, "set_attestation_signer", to_checksum_address(signer))
+    def set_attestation_signer(self, admin: LocalAccount, signer: str) -> int:
+        """Announce a new attestation signer; returns when it takes effect."""
+        return self.registry.set_attestation_signer(admin, signer)
 
     def transfer_admin(self, admin: LocalAccount, new_admin: str) -> None:
-        self._send(admin, "transfer_admin", to_checksum_address(new_admin))
+        self.registry.transfer_admin(admin, new_admin)
 
     def revoke_enclave(self, admin: LocalAccount, enclave: str) -> None:
-        self._send(admin, "revoke_enclave", to_checksum_address(enclave))
+        self.registry.revoke_enclave(admin, enclave)
 
     # ------------------------------------------------------------- enclaves
 
@@ -164,28 +190,29 @@ class Marketplace(ContractClient):
     def register_enclave(
         self, enclave: LocalAccount, *, measurement: bytes, hpke_public_key: bytes, attestation: bytes
     ) -> None:
-        self._send(enclave, "register_enclave", measurement, hpke_public_key, attestation)
+        self.registry.register_enclave(
+            enclave, measurement=measurement, hpke_public_key=hpke_public_key, attestation=attestation
+        )
 
     def enclave(self, address: str) -> Enclave:
-        m, key, registered = self._call("enclaves", to_checksum_address(address))
-        return Enclave(to_checksum_address(address), _bytes(m), _bytes(key), bool(registered))
+        return self.registry.enclave(address)
 
     def is_enclave(self, address: str) -> bool:
-        return bool(self._call("is_enclave", to_checksum_address(address)))
+        return self.registry.is_enclave(address)
 
     def live_enclaves(self) -> list[Enclave]:
         """Registered enclaves whose measurement is still allowed, newest first (from events)."""
         seen: dict[str, None] = {}
-        for ev in reversed(self.events()):
+        for ev in reversed(self.registry.events()):
             if ev.name == "EnclaveRegistered":
                 seen.setdefault(str(ev.args["enclave"]), None)
         return [self.enclave(a) for a in seen if self.is_enclave(a)]
 
     def measurement_allowed(self, measurement: bytes) -> bool:
-        return bool(self._call("allowed_measurements", measurement))
+        return self.registry.measurement_allowed(measurement)
 
     def enclave_count(self) -> int:
-        return int(self._call("enclave_count"))
+        return self.registry.enclave_count()
 
     # ------------------------------------------------------------- listings
 
@@ -237,18 +264,20 @@ class Marketplace(ContractClient):
             raise NotFound(f"no listing {listing_id} (there are {self.listing_count()})")
         raw = self._call("listing", listing_id)
         provider, data_hash, uri, sealed, chash, terms, parent, active = raw
-        t = Terms(int(terms[0]), int(terms[1]), int(terms[2]), str(terms[3]), _bytes(terms[4]))
+        t = Terms(
+            int(terms[0]), int(terms[1]), int(terms[2]), str(terms[3]), as_bytes(terms[4]), int(terms[5])
+        )
         return Listing(
             id=listing_id,
             provider=str(provider),
-            data_hash=_bytes(data_hash),
+            data_hash=as_bytes(data_hash),
             data_uri=str(uri),
-            sealed_key=_bytes(sealed),
-            contract_hash=_bytes(chash),
+            sealed_key=as_bytes(sealed),
+            contract_hash=as_bytes(chash),
             terms=t,
             parent=int(parent),
             active=bool(active),
-            budget=self.budget(_bytes(data_hash)),
+            budget=self.budget(as_bytes(data_hash)),
         )
 
     def listings(self, *, open_only: bool = False) -> Iterator[Listing]:
@@ -283,13 +312,23 @@ class Marketplace(ContractClient):
         job_hash: bytes,
         job_uri: str,
         value: int,
+        max_prices: Sequence[int] | None = None,
     ) -> int:
-        """Escrow `value` wei and reserve `epsilons` (micro-ε); returns the job id."""
+        """Escrow `value` wei and reserve `epsilons` (micro-ε); returns the job id.
+
+        `max_prices` is the most the consumer pays per listing: the chain refuses the job if a
+        policy prices it higher at submission. Without it, the quotes read just before sending.
+        """
+        if max_prices is None:
+            max_prices = [
+                self.quote(consumer.address, lid, eps) for lid, eps in zip(listing_ids, epsilons, strict=True)
+            ]
         receipt = self._send(
             consumer,
             "submit_job",
             list(listing_ids),
             list(epsilons),
+            list(max_prices),
             delta,
             consumer_key,
             job_hash,
@@ -318,6 +357,7 @@ class Marketplace(ContractClient):
         return int(self._event(receipt, "JobProgress").args["lease_deadline"])
 
     def expire_job(self, caller: LocalAccount, job_id: int) -> None:
+        """Return a job whose lease is over to the pool, or cancel one past its pending deadline (refund)."""
         self._send(caller, "expire_job", job_id)
 
     def settlement_digest(
@@ -418,31 +458,72 @@ class Marketplace(ContractClient):
             raise NotFound(f"no job {job_id} (there are {self.job_count()})")
         raw = self._call("job", job_id)
         allocations = tuple(Allocation(*(int(x) for x in a)) for a in self._call("allocations", job_id))
-        (consumer, state, escrow, delta, ckey, jhash, juri, enclave, deadline, rhash, muri, smk) = raw
+        (consumer, state, escrow, delta, ckey, jhash, juri, enclave, deadline, rhash, muri, smk, pending) = (
+            raw
+        )
         return Job(
             id=job_id,
             consumer=str(consumer),
             state=JobState(int(state)),
             escrow=int(escrow),
             delta=int(delta),
-            consumer_key=_bytes(ckey),
-            job_hash=_bytes(jhash),
+            consumer_key=as_bytes(ckey),
+            job_hash=as_bytes(jhash),
             job_uri=str(juri),
             enclave=str(enclave),
             lease_deadline=int(deadline),
-            result_hash=_bytes(rhash),
+            result_hash=as_bytes(rhash),
             model_uri=str(muri),
-            sealed_model_key=_bytes(smk),
+            sealed_model_key=as_bytes(smk),
             allocations=allocations,
+            pending_deadline=int(pending),
         )
 
+    def decode_logs(self, logs: Sequence[Any]) -> list[Event]:
+        """Decode logs of any of the three contracts, in the order given."""
+        by_address = {c.address: c for c in self.contracts}
+        out: list[Event] = []
+        for log in logs:
+            client = by_address.get(to_checksum_address(log["address"]))
+            if client is self:
+                out.extend(super().decode_logs([log]))
+            elif client is not None:
+                out.extend(client.decode_logs([log]))
+        return out
+
+    def decode_function(self, to: str, data: bytes) -> str | None:
+        """The name of the function a transaction to one of the three contracts calls, else None."""
+        client = {c.address: c for c in self.contracts}.get(to_checksum_address(to))
+        if client is None or len(data) < 4:
+            return None
+        try:
+            fn, _ = client.contract.decode_function_input(data)
+        except ValueError:
+            return None
+        return str(fn.fn_name)
+
+    def events(self, *, from_block: int = 0, to_block: int | str = "latest") -> list[Event]:
+        """Every event of the Marketplace, its registry and its fee contract in the range, oldest first."""
+        logs = self.chain.w3.eth.get_logs(
+            {
+                "address": [c.address for c in self.contracts],
+                "fromBlock": from_block,
+                "toBlock": to_block,  # type: ignore[typeddict-item]
+            }
+        )
+        return self.decode_logs(_in_order(logs))
+
     def job_events(self, job_id: int, *, from_block: int = 0) -> list[Event]:
-        """Every event about `job_id` (its first indexed argument), oldest first."""
+        """Every event about `job_id` (its first indexed argument), oldest first, fees included."""
         topic = "0x" + job_id.to_bytes(32, "big").hex()
         logs = self.chain.w3.eth.get_logs(
-            {"address": self.address, "fromBlock": from_block, "topics": [None, topic]}
+            {
+                "address": [self.address, self.fees.address],
+                "fromBlock": from_block,
+                "topics": [None, topic],
+            }
         )
-        return [ev for ev in self.decode_logs(logs) if ev.args.get("job_id") == job_id]
+        return [ev for ev in self.decode_logs(_in_order(logs)) if ev.args.get("job_id") == job_id]
 
     def jobs(self) -> Iterator[Job]:
         for i in range(1, self.job_count() + 1):
@@ -451,20 +532,20 @@ class Marketplace(ContractClient):
     # ------------------------------------------------------------- payments
 
     def pay_for_predictions(self, payer: LocalAccount, job_id: int, *, count: int, value: int) -> None:
-        """Pay for `count` predictions, split by the weights recorded at settlement."""
-        self._send(payer, "pay_for_predictions", job_id, count, value=value)
+        """Pay for `count` predictions: count × each listing's price, the rest split by settlement weights."""
+        self.fees.pay_for_predictions(payer, job_id, count=count, value=value)
+
+    def prediction_price(self, job_id: int) -> int:
+        """Wei one prediction from `job_id`'s model costs at least: the sum of its listings' prices."""
+        return sum(
+            self.listing(a.listing_id).terms.price_per_prediction for a in self.job(job_id).allocations
+        )
 
     def predictions_digest(
         self, job_id: int, *, payer: str, count: int, batch_hash: bytes, weights: Sequence[int]
     ) -> bytes:
-        return digests.predictions_digest(
-            chain_id=self.chain.chain_id,
-            marketplace=self.address,
-            job_id=job_id,
-            payer=payer,
-            count=count,
-            batch_hash=batch_hash,
-            weights=weights,
+        return self.fees.predictions_digest(
+            job_id, payer=payer, count=count, batch_hash=batch_hash, weights=weights
         )
 
     def pay_for_attributed_predictions(
@@ -479,73 +560,47 @@ class Marketplace(ContractClient):
         signature: bytes,
         value: int,
     ) -> TxReceipt:
-        """Pay for a batch the enclave served, split by the weights it attributed and signed."""
-        return self._send(
+        """Pay for a batch the enclave served: count × prices, the rest split by the weights it signed."""
+        return self.fees.pay_for_attributed_predictions(
             payer,
-            "pay_for_attributed_predictions",
             job_id,
-            count,
-            batch_hash,
-            list(weights),
-            to_checksum_address(enclave),
-            signature,
+            count=count,
+            batch_hash=batch_hash,
+            weights=weights,
+            enclave=enclave,
+            signature=signature,
             value=value,
         )
 
     def batch_paid(self, batch_hash: bytes) -> bool:
-        return bool(self._call("used_batches", batch_hash))
+        return self.fees.batch_paid(batch_hash)
 
     def balance_of(self, account: str) -> int:
-        """Wei credited to `account` (payouts, refunds, fees) and not yet withdrawn."""
-        return int(self._call("balances", to_checksum_address(account)))
+        """Wei credited to `account` (payouts, refunds, fees) and not yet withdrawn, across all contracts."""
+        return int(self._call("balances", to_checksum_address(account))) + self.fees.balance_of(account)
 
     def withdraw(self, account: LocalAccount) -> int:
-        """Send everything credited to `account` to it; returns the amount."""
-        receipt = self._send(account, "withdraw")
-        return int(self._event(receipt, "Withdrawal").args["amount"])
+        """Pay `account` everything credited to it, from each contract that holds some; returns the wei.
+
+        With nothing to withdraw anywhere the Marketplace's refusal is raised.
+        """
+        total = 0
+        if int(self._call("balances", account.address)) > 0 or self.fees.balance_of(account.address) == 0:
+            receipt = self._send(account, "withdraw")
+            total += int(self._event(receipt, "Withdrawal").args["amount"])
+        if self.fees.balance_of(account.address) > 0:
+            total += self.fees.withdraw(account)
+        return total
 
     def liabilities(self) -> int:
-        """Open escrow plus credited balances; always equals the contract's ether."""
-        return int(self._call("liabilities"))
+        """Open escrow plus credited balances, across the Marketplace and PredictionFees."""
+        return int(self._call("liabilities")) + self.fees.liabilities()
 
     def ether_balance(self) -> int:
-        return int(self.chain.w3.eth.get_balance(self.address))
+        """Ether the Marketplace and PredictionFees hold; always equals `liabilities()`."""
+        return sum(int(self.chain.w3.eth.get_balance(c.address)) for c in (self, self.fees))
 
 
-class AllowListPolicy(ContractClient):
-    """A policy that admits only allowed consumers, at the list price."""
-
-    artifact_name = "AllowListPolicy"
-
-    @classmethod
-    def deploy(cls, chain: Chain, owner: LocalAccount, *, marketplace: str) -> AllowListPolicy:
-        receipt = cls._deploy(chain, owner, to_checksum_address(marketplace))
-        return cls(chain, str(receipt["contractAddress"]))
-
-    def set_allowed(self, owner: LocalAccount, consumer: str, *, allowed: bool = True) -> None:
-        self._send(owner, "set_allowed", to_checksum_address(consumer), allowed)
-
-    def allowed(self, consumer: str) -> bool:
-        return bool(self._call("allowed", to_checksum_address(consumer)))
-
-
-class CredentialPolicy(ContractClient):
-    """A credential registry: holders of an issuer's credential use the listing free."""
-
-    artifact_name = "CredentialPolicy"
-
-    @classmethod
-    def deploy(
-        cls, chain: Chain, deployer: LocalAccount, *, marketplace: str, issuer: str
-    ) -> CredentialPolicy:
-        receipt = cls._deploy(chain, deployer, to_checksum_address(marketplace), to_checksum_address(issuer))
-        return cls(chain, str(receipt["contractAddress"]))
-
-    def grant(self, issuer: LocalAccount, holder: str, *, expires: int) -> None:
-        self._send(issuer, "grant", to_checksum_address(holder), expires)
-
-    def revoke(self, issuer: LocalAccount, holder: str) -> None:
-        self._send(issuer, "revoke", to_checksum_address(holder))
-
-    def holds(self, holder: str) -> bool:
-        return bool(self._call("holds", to_checksum_address(holder)))
+def _in_order(logs: Sequence[Any]) -> list[Any]:
+    """Logs of several contracts in chain order (a node may return them per address)."""
+    return sorted(logs, key=lambda log: (int(log["blockNumber"]), int(log["logIndex"])))

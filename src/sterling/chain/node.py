@@ -54,6 +54,19 @@ class Chain:
     def now(self) -> int:
         return int(self.w3.eth.get_block("latest")["timestamp"])
 
+    def next_block_time(self) -> int:
+        """The time the next block would carry: the latest block's may be old when nothing was mined.
+
+        On anvil the pending block follows the clock, offset included when time was moved on (the
+        registry's delay on a development chain), which wall time alone would not know.
+        """
+        latest = self.now()
+        try:
+            pending = int(self.w3.eth.get_block("pending")["timestamp"])
+        except (ValueError, KeyError, TypeError):  # a node without a pending block
+            return latest
+        return max(latest, pending)
+
     def advance_time(self, seconds: int) -> None:
         """Move chain time forward and mine a block."""
         if self.kind == "embedded":
@@ -243,10 +256,28 @@ class AnvilNode:
                     f"anvil exited with code {self.proc.returncode} at start (port {self.port} taken?)"
                 )
             if self._answers():
+                self._keep_time_monotonic()
                 return
             time.sleep(0.05)
         self.stop()
         raise ChainUnavailable(f"anvil did not answer on {self.rpc_url} within {timeout:.0f} s")
+
+    def _rpc(self, method: str, params: list[Any]) -> Any:
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
+        req = urllib.request.Request(self.rpc_url, body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return json.loads(resp.read())["result"]
+
+    def _keep_time_monotonic(self) -> None:
+        """After loading a state, never let the clock go back behind its latest block.
+
+        anvil keeps blocks but not the clock's offset: a chain whose time was moved on (the
+        registry's two-day delay on a development chain) restarts at wall time, before its own
+        last block, and every deadline and effective time on it would move back with it.
+        """
+        latest = int(self._rpc("eth_getBlockByNumber", ["latest", False])["timestamp"], 16)
+        if latest >= int(time.time()):
+            self._rpc("evm_setTime", [latest + 1])
 
     def _answers(self) -> bool:
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}).encode()

@@ -26,21 +26,27 @@ class JobState(IntEnum):
 
 @dataclass(frozen=True)
 class Terms:
-    """A listing's public terms. Prices in wei; epsilon in micro-epsilon."""
+    """A listing's public terms. Prices in wei; epsilon in micro-epsilon.
+
+    `price_per_prediction` is what each prediction from a model trained on the listing owes
+    its provider (PredictionFees charges count × the sum over a job's listings).
+    """
 
     price_per_job: int
     price_per_epsilon: int
     max_epsilon_per_job: int
     policy: str = ZERO_ADDRESS
     pinned_measurement: bytes = ZERO32
+    price_per_prediction: int = 0
 
-    def as_tuple(self) -> tuple[int, int, int, str, bytes]:
+    def as_tuple(self) -> tuple[int, int, int, str, bytes, int]:
         return (
             self.price_per_job,
             self.price_per_epsilon,
             self.max_epsilon_per_job,
             self.policy,
             self.pinned_measurement,
+            self.price_per_prediction,
         )
 
     def list_price(self, micro_epsilon: int) -> int:
@@ -56,6 +62,7 @@ class Terms:
             "pinned_measurement": None
             if self.pinned_measurement == ZERO32
             else "0x" + self.pinned_measurement.hex(),
+            "price_per_prediction_wei": self.price_per_prediction,
         }
 
 
@@ -97,8 +104,8 @@ class Listing:
 
     @property
     def open(self) -> bool:
-        """On sale: active and its data's budget not spent (a zero budget closes it)."""
-        return self.active and self.budget.spent < self.budget.total
+        """Can serve a job: active, and some budget left after what is spent and reserved (as `is_open`)."""
+        return self.active and self.budget.remaining > 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -149,6 +156,8 @@ class Job:
     model_uri: str
     sealed_model_key: bytes
     allocations: tuple[Allocation, ...] = field(default=())
+    #: Unclaimed after this (chain time), anyone may expire the job: refund and release.
+    pending_deadline: int = 0
 
     @property
     def listing_ids(self) -> list[int]:
@@ -165,6 +174,7 @@ class Job:
             "job_uri": self.job_uri,
             "enclave": None if self.enclave == ZERO_ADDRESS else self.enclave,
             "lease_deadline": self.lease_deadline or None,
+            "pending_deadline": self.pending_deadline or None,
             "result_hash": None if self.result_hash == ZERO32 else "0x" + self.result_hash.hex(),
             "model_uri": self.model_uri or None,
             "allocations": [

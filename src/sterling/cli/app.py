@@ -7,7 +7,20 @@ import sys
 import typer
 
 from sterling import __version__
-from sterling.cli import bench, chain, data, demo, enclave, job, keys, model, privacy, provider, serve
+from sterling.cli import (
+    account,
+    bench,
+    chain,
+    data,
+    demo,
+    enclave,
+    job,
+    keys,
+    model,
+    privacy,
+    provider,
+    serve,
+)
 from sterling.cli.common import err_console
 from sterling.errors import SterlingError
 
@@ -30,6 +43,7 @@ app.add_typer(enclave.app, name="enclave")
 app.add_typer(model.app, name="model")
 app.add_typer(privacy.app, name="privacy")
 app.add_typer(provider.app, name="provider")
+app.add_typer(account.app, name="account")
 app.command("listings")(provider.listings)
 app.command("bench")(bench.bench)
 app.command("demo")(demo.demo)

@@ -1,4 +1,4 @@
-"""`sterling enclave`: attest, register and run an enclave worker.
+"""`sterling enclave`: attest, register and run an enclave worker; choose the enclaves you trust.
 
 Here no TEE hardware exists, so the enclave runs as a SIMULATION (its
 attestation key and sealing secret are files in the chain's state folder),
@@ -28,12 +28,13 @@ from sterling.cli.common import (
     err_console,
 )
 from sterling.config import Settings
-from sterling.errors import EnclaveError, UsageError
+from sterling.errors import EnclaveError, NotFound, UsageError
 
 if TYPE_CHECKING:
     from sterling.chain.marketplace import Marketplace
     from sterling.enclave.tee import TeeBackend
     from sterling.enclave.worker import Worker
+    from sterling.sdk.trust import AttestedEnclave, TrustedEnclave
 
 app = typer.Typer(
     help="Attest, register and run an enclave worker (a SIMULATION here).", no_args_is_help=True
@@ -258,34 +259,199 @@ def status(
     state: ChainStateOpt = None,
     fmt: FormatOpt = Format.text,
 ) -> None:
-    """The enclaves registered on the Marketplace, and whether their attestations are simulated."""
-    from sterling.chain.deploy import SIM_PLATFORM_KEY_FILE, simulated_platform_key
+    """The enclaves registered on the Marketplace: who attested each, whether you trust it, simulation."""
+    from sterling.sdk.trust import TrustFile, announcements, live_attested
 
     settings = Settings.from_env()
     market = connect_market(settings, rpc_url, marketplace, state)
     signer = market.attestation_signer()
     state_dir = _state(settings, state)
-    simulated = (state_dir / SIM_PLATFORM_KEY_FILE).exists() and simulated_platform_key(
-        state_dir
-    ).address == signer
+    simulated = _simulated_signer(state_dir, signer)
+    trust = TrustFile.in_home(settings.home).load()
     rows: list[dict[str, Any]] = [
         {
-            "address": e.address,
-            "measurement": "0x" + e.measurement.hex(),
-            "hpke_public_key": "0x" + e.hpke_public_key.hex(),
+            **e.to_json(),
             "live": market.is_enclave(e.address),
-            "simulated": simulated,
+            "simulated": _simulated_signer(state_dir, e.signer),
+            "trusted": trust.entry(e.measurement, e.signer) is not None,
         }
-        for e in market.live_enclaves()
+        for e in live_attested(market)
     ]
-    out = {"attestation_signer": signer, "simulated": simulated, "enclaves": rows}
+    announced = announcements(market)
+    out = {
+        "attestation_signer": signer,
+        "simulated": simulated,
+        "enclaves": rows,
+        "announced": [a.to_json() for a in announced],
+    }
     if fmt is Format.json:
         emit_json(out)
         return
     mode = "[yellow]SIMULATION (a local key signs attestations)[/]" if simulated else "attestation service"
     table = Table(title=f"enclaves on chain {market.chain.chain_id}: {len(rows)} live, attested by {mode}")
-    for col in ("address", "measurement", "HPKE key"):
+    for col in ("address", "measurement", "attested by", "you trust it"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["address"], r["measurement"][:18] + "…", r["hpke_public_key"][:18] + "…")
+        table.add_row(r["address"], r["measurement"][:18] + "…", r["signer"], "yes" if r["trusted"] else "no")
+    console.print(table)
+    for a in announced:
+        console.print(f"[yellow]note:[/] {a.describe()}")
+
+
+# ------------------------------------------------------------------ trust
+
+
+def _simulated_signer(state_dir: Path, signer: str) -> bool:
+    """Whether `signer` is the SIMULATED platform key kept in `state_dir` (never creates one)."""
+    from sterling.chain.deploy import SIM_PLATFORM_KEY_FILE, simulated_platform_key
+
+    path = state_dir / SIM_PLATFORM_KEY_FILE
+    return path.exists() and simulated_platform_key(state_dir).address == signer
+
+
+def sealing_target(
+    settings: Settings,
+    market: Marketplace,
+    address: str | None,
+    state: Path | None,
+    *,
+    pins: list[bytes],
+) -> tuple[AttestedEnclave, dict[str, Any]]:
+    """The trusted enclave a command seals to, and how to show it (`summary` is one line of text).
+
+    Trust comes from `$STERLING_HOME/trust.json` (`sterling enclave trust`); an untrusted enclave
+    is refused with the command that would trust it.
+    """
+    from sterling.sdk.trust import TrustFile, announcements, choose_enclave
+
+    trust = TrustFile.in_home(settings.home).load()
+    target = choose_enclave(market, address, trust=trust, pins=pins)
+    entry = trust.entry(target.measurement, target.signer)
+    simulated = bool(entry and entry.simulated) or _simulated_signer(_state(settings, state), target.signer)
+    shown: dict[str, Any] = {
+        "address": target.address,
+        "measurement": "0x" + target.measurement.hex(),
+        "signer": target.signer,
+        "simulated": simulated,
+    }
+    mode = ", [yellow]SIMULATION: attests nothing[/]" if simulated else ""
+    announced = announcements(market)
+    shown["announced"] = [a.to_json() for a in announced]
+    shown["summary"] = (
+        f"enclave {target.address} (measurement {shown['measurement']}, attested by {target.signer}{mode})"
+        + "".join(f"\n  [yellow]note:[/] {a.describe()}" for a in announced)
+    )
+    return target, shown
+
+
+MeasurementArg = Annotated[
+    str | None, typer.Argument(help="The enclave build's measurement (32 bytes of hex), as you checked it.")
+]
+SignerOpt = Annotated[
+    str | None,
+    typer.Option("--signer", help="The attestation signer (address) you trust to attest that measurement."),
+]
+
+
+@app.command("trust")
+def trust(
+    measurement: MeasurementArg = None,
+    signer: SignerOpt = None,
+    simulated: Annotated[
+        bool,
+        typer.Option(
+            "--simulated",
+            help="Trust this machine's SIMULATED enclave: Sterling's own code measurement, attested by "
+            "the simulated platform key in --state. For a local chain only: it attests nothing.",
+        ),
+    ] = False,
+    list_: Annotated[bool, typer.Option("--list", help="Show the enclaves you trust.")] = False,
+    note: Annotated[str, typer.Option("--note", help="Why you trust it (kept with the entry).")] = "",
+    state: ChainStateOpt = None,
+    fmt: FormatOpt = Format.text,
+) -> None:
+    """Seal data keys and job bodies to enclaves with MEASUREMENT attested by --signer from now on.
+
+    Your client seals only to an enclave whose measurement and attestation signer you trust here
+    (kept in $STERLING_HOME/trust.json), never merely to whatever the Marketplace registered: its
+    admin chooses the signer. Check the measurement against the enclave's published build and the
+    signer against the attestation service you rely on first.
+    """
+    from sterling.sdk.trust import TrustedEnclave, TrustFile, parse_measurement, parse_signer
+
+    settings = Settings.from_env()
+    store = TrustFile.in_home(settings.home)
+    if list_:
+        if measurement or signer or simulated:
+            raise UsageError("--list takes no measurement, --signer or --simulated")
+        _show_trust(store.load().entries, store.path, fmt)
+        return
+    if simulated:
+        from sterling.chain.deploy import SIM_PLATFORM_KEY_FILE, simulated_platform_key
+        from sterling.enclave.tee import code_measurement
+
+        state_dir = _state(settings, state)
+        if not (state_dir / SIM_PLATFORM_KEY_FILE).exists():
+            raise UsageError(f"no simulated platform in {state_dir}: start the chain there first")
+        own = code_measurement()
+        if measurement is not None and parse_measurement(measurement) != own:
+            raise UsageError(f"the simulated enclave here measures 0x{own.hex()}, not {measurement}")
+        if signer is not None and parse_signer(signer) != simulated_platform_key(state_dir).address:
+            raise UsageError(f"the simulated platform in {state_dir} is not {signer}")
+        entry = TrustedEnclave(
+            own,
+            simulated_platform_key(state_dir).address,
+            simulated=True,
+            note=note or f"SIMULATION in {state_dir}",
+        )
+    else:
+        if measurement is None or signer is None:
+            raise UsageError(
+                "trusting an enclave takes its MEASUREMENT and --signer ADDRESS (the attestation signer "
+                "you checked), or --simulated for this machine's simulated enclave; --list shows them"
+            )
+        entry = TrustedEnclave(parse_measurement(measurement), parse_signer(signer), note=note)
+    store.add(entry)
+    if fmt is Format.json:
+        emit_json({"trusted": entry.to_json(), "file": str(store.path)})
+        return
+    mode = " [yellow](SIMULATION: attests nothing)[/]" if entry.simulated else ""
+    console.print(
+        f"trusting measurement 0x{entry.measurement.hex()} attested by {entry.signer}{mode}; "
+        f"kept in {store.path}"
+    )
+
+
+@app.command("untrust")
+def untrust(
+    measurement: Annotated[str, typer.Argument(help="A measurement you trust (see `trust --list`).")],
+    signer: Annotated[
+        str | None, typer.Option("--signer", help="Forget only its pairing with this signer.")
+    ] = None,
+    fmt: FormatOpt = Format.text,
+) -> None:
+    """Stop sealing to enclaves with MEASUREMENT (attested by --signer, or by any signer)."""
+    from sterling.sdk.trust import TrustFile, parse_measurement, parse_signer
+
+    store = TrustFile.in_home(Settings.from_env().home)
+    wanted = parse_measurement(measurement)
+    removed = store.remove(wanted, parse_signer(signer) if signer else None)
+    if not removed:
+        raise NotFound(f"you do not trust measurement {measurement}" + (f" with {signer}" if signer else ""))
+    if fmt is Format.json:
+        emit_json({"removed": removed, "file": str(store.path)})
+    else:
+        console.print(f"no longer trusting 0x{wanted.hex()} ({removed} entries removed from {store.path})")
+
+
+def _show_trust(entries: tuple[TrustedEnclave, ...], path: Path, fmt: Format) -> None:
+    if fmt is Format.json:
+        emit_json({"file": str(path), "enclaves": [e.to_json() for e in entries]})
+        return
+    table = Table(title=f"enclaves you trust ({path})")
+    for col in ("measurement", "attestation signer", "mode", "added", "note"):
+        table.add_column(col)
+    for e in entries:
+        mode = "[yellow]SIMULATION[/]" if e.simulated else ""
+        table.add_row("0x" + e.measurement.hex(), e.signer, mode, e.added, e.note)
     console.print(table)

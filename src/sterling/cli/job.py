@@ -139,7 +139,11 @@ def submit(
     job_file: Annotated[Path, typer.Argument(help="The job, as JSON.")],
     enclave: Annotated[
         str | None,
-        typer.Option("--enclave", help="Enclave to seal the job to. Default: the newest live one."),
+        typer.Option(
+            "--enclave",
+            help="Enclave to seal the job to. Default: the newest live one you trust "
+            "(see `sterling enclave trust`).",
+        ),
     ] = None,
     store: StoreOpt = None,
     rpc_url: RpcUrlOpt = None,
@@ -157,6 +161,7 @@ def submit(
     """
     from sterling.privacy.job import Job
     from sterling.sdk.consumer import JobRejected, submit_job
+    from sterling.sdk.trust import TrustFile
     from sterling.storage.blobs import BlobStore
 
     settings = Settings.from_env()
@@ -165,7 +170,13 @@ def submit(
     account, x25519 = consumer_keys(settings, market, identity, dev_account, passphrase_file)
     try:
         result = submit_job(
-            market, account, x25519, job, BlobStore(store or settings.store_url), enclave=enclave
+            market,
+            account,
+            x25519,
+            job,
+            BlobStore(store or settings.store_url),
+            enclave=enclave,
+            trust=TrustFile.in_home(settings.home).load(),
         )
     except JobRejected as exc:
         if fmt is Format.json:
@@ -321,8 +332,14 @@ def cancel(
     settings = Settings.from_env()
     market = connect_market(settings, rpc_url, marketplace, state)
     account = signer(settings, market, identity, dev_account, passphrase_file)
+    escrow = market.job(job_id).escrow
     market.cancel_job(account, job_id)
     if fmt is Format.json:
-        emit_json({"job_id": job_id, "state": "cancelled"})
+        emit_json({"job_id": job_id, "state": "cancelled", "refund_wei": escrow})
     else:
-        console.print(f"job {job_id} cancelled; withdraw the refund with your balance")
+        console.print(
+            f"job {job_id} cancelled: its escrow of {escrow} wei is credited to your Marketplace "
+            f"balance; withdraw it with `sterling account withdraw`",
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -1,4 +1,4 @@
-"""`sterling provider publish` and `sterling listings`: selling the use of a dataset, and browsing."""
+"""`sterling provider publish|derive|withdraw` and `sterling listings`: selling the use of data, browsing."""
 
 from __future__ import annotations
 
@@ -64,7 +64,11 @@ def publish(
     ] = None,
     enclave: Annotated[
         str | None,
-        typer.Option("--enclave", help="Enclave to seal the data key to. Default: the newest live one."),
+        typer.Option(
+            "--enclave",
+            help="Enclave to seal the data key to. Default: the newest live one you trust "
+            "(see `sterling enclave trust`).",
+        ),
     ] = None,
     allow_family: Annotated[
         list[str] | None,
@@ -98,7 +102,7 @@ def publish(
     transaction or not at all. Prints the listing id, the data hash and the data URI.
     """
     from sterling.data.loaders import load_dataset
-    from sterling.sdk.provider import ListingTerms, choose_enclave, publish, read_contract, seal_dataset
+    from sterling.sdk.provider import ListingTerms, publish, read_contract, seal_dataset
     from sterling.storage.blobs import BlobStore
 
     settings = Settings.from_env()
@@ -127,7 +131,13 @@ def publish(
     dataset = load_dataset(path, label_column=label_column)
     market = connect_market(settings, rpc_url, marketplace, state)
     account = signer(settings, market, identity, dev_account, passphrase_file)
-    target = choose_enclave(market, enclave)
+    from sterling.cli.enclave import sealing_target
+
+    target, shown = sealing_target(
+        settings, market, enclave, state, pins=[listing_terms.to_chain()[0].pinned_measurement]
+    )
+    if fmt is Format.text:
+        console.print(f"sealing the data key to {shown['summary']}")
     blobs = BlobStore(store or settings.store_url)
     status = console.status("encrypting and storing") if fmt is Format.text else contextlib.nullcontext()
     with status:
@@ -141,7 +151,12 @@ def publish(
             appraisal_fee_wei=appraisal_fee,
         )
     result = publish(market, account, sealed, listing_terms, enclave=target)
-    out = {**result.to_json(), "rows": dataset.schema.rows, "modality": dataset.schema.modality}
+    out = {
+        **result.to_json(),
+        "rows": dataset.schema.rows,
+        "modality": dataset.schema.modality,
+        "sealed_to": {k: v for k, v in shown.items() if k != "summary"},
+    }
     if fmt is Format.json:
         emit_json(out)
         return
@@ -196,3 +211,150 @@ def listings(
             "yes" if r["open"] else "no",
         )
     console.print(table)
+
+
+ListingArg = Annotated[int, typer.Argument(help="The listing's id on chain.", min=1)]
+# derive's terms: the publish options of the same names, each optional (kept from the parent if absent).
+DerivedPricePerJobOpt = Annotated[
+    int | None, typer.Option("--price-per-job", help="Wei per job. Default: the parent's.")
+]
+DerivedPricePerEpsilonOpt = Annotated[
+    int | None, typer.Option("--price-per-epsilon", help="Wei per unit of ε. Default: the parent's.")
+]
+DerivedMaxEpsilonOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-epsilon-per-job", "--max-epsilon", help="Largest ε one job may use. Default: the parent's."
+    ),
+]
+DerivedPolicyOpt = Annotated[
+    str | None,
+    typer.Option("--policy", help="On-chain policy contract; `none` drops it. Default: the parent's."),
+]
+DerivedPinOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pin-measurement",
+        help="Only enclaves with this measurement (hex) may claim jobs; `none` unpins. "
+        "Default: the parent's.",
+    ),
+]
+
+
+def _none_or(value: str | None) -> Any:
+    """An option that may say `none` (clear it) or be absent (keep the parent's)."""
+    from sterling.sdk.manage import KEEP
+
+    if value is None:
+        return KEEP
+    return None if value.strip().lower() == "none" else value
+
+
+@app.command("derive")
+def derive(
+    listing: ListingArg,
+    price_per_job: DerivedPricePerJobOpt = None,
+    price_per_epsilon: DerivedPricePerEpsilonOpt = None,
+    max_epsilon_per_job: DerivedMaxEpsilonOpt = None,
+    policy: DerivedPolicyOpt = None,
+    pin_measurement: DerivedPinOpt = None,
+    price_per_prediction: Annotated[
+        int | None,
+        typer.Option(
+            "--price-per-prediction",
+            help="Wei per prediction, where this Marketplace's terms have one. Default: the parent's.",
+        ),
+    ] = None,
+    contract: Annotated[
+        Path | None,
+        typer.Option(
+            "--contract",
+            help="The provider contract (Python) to run: it must be the one the data's manifest names.",
+        ),
+    ] = None,
+    no_contract: Annotated[
+        bool, typer.Option("--no-contract", help="Run no provider contract on this listing's jobs.")
+    ] = False,
+    rpc_url: RpcUrlOpt = None,
+    marketplace: MarketplaceOpt = None,
+    state: ChainStateOpt = None,
+    identity: IdentityOpt = None,
+    dev_account: DevAccountOpt = None,
+    passphrase_file: PassphraseOpt = None,
+    fmt: FormatOpt = Format.text,
+) -> None:
+    """Re-list your data under new terms (the paper's re-sharing): same data, same privacy budget.
+
+    Terms not given are the parent listing's. The new listing draws on the budget the data
+    already has and can never raise or reset it. The parent stays on sale: take it off with
+    `sterling provider withdraw`. Prints the new listing's id and terms.
+    """
+    from sterling.sdk import manage
+
+    settings = Settings.from_env()
+    source = None
+    if contract is not None:
+        try:
+            source = contract.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read provider contract {contract}: {exc}") from None
+    market = connect_market(settings, rpc_url, marketplace, state)
+    account = signer(settings, market, identity, dev_account, passphrase_file)
+    parent = manage.owned(market, account, listing)
+    terms = manage.derived_terms(
+        parent,
+        price_per_job_wei=price_per_job,
+        price_per_epsilon_wei=price_per_epsilon,
+        max_epsilon_per_job=max_epsilon_per_job,
+        policy=_none_or(policy),
+        pinned_measurement=_none_or(pin_measurement),
+        price_per_prediction_wei=price_per_prediction,
+    )
+    contract_hash = manage.contract_hash_for(parent, contract_source=source, drop_contract=no_contract)
+    child = manage.derive(market, account, listing, terms=terms, contract_hash=contract_hash)
+    out = {"listing_id": child.id, "parent": listing, **child.to_json()}
+    if fmt is Format.json:
+        emit_json(out)
+        return
+    t = child.terms
+    console.print(
+        f"derived listing [bold]#{child.id}[/] from #{listing}: {manage.eth_text(t.price_per_job)} per job, "
+        f"{manage.eth_text(t.price_per_epsilon)} per ε, at most ε {out['terms']['max_epsilon_per_job']:g} "
+        f"per job\n  same data and budget (ε left {out['budget']['epsilon_left']:g}); "
+        f"provider contract: {'none' if out['contract_hash'] is None else out['contract_hash']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("withdraw")
+def withdraw(
+    listing: ListingArg,
+    rpc_url: RpcUrlOpt = None,
+    marketplace: MarketplaceOpt = None,
+    state: ChainStateOpt = None,
+    identity: IdentityOpt = None,
+    dev_account: DevAccountOpt = None,
+    passphrase_file: PassphraseOpt = None,
+    fmt: FormatOpt = Format.text,
+) -> None:
+    """Take your listing off sale: no new job may name it; jobs already submitted are unaffected.
+
+    Other listings of the same data (derived ones) stay on sale. This is not `sterling account
+    withdraw`, which withdraws your earnings.
+    """
+    from sterling.sdk import manage
+
+    settings = Settings.from_env()
+    market = connect_market(settings, rpc_url, marketplace, state)
+    account = signer(settings, market, identity, dev_account, passphrase_file)
+    after = manage.withdraw_listing(market, account, listing)
+    if fmt is Format.json:
+        emit_json({"listing_id": after.id, "active": after.active, "open": after.open})
+        return
+    console.print(
+        f"listing #{after.id} is off sale; jobs already submitted on it go on, and your earnings stay "
+        f"in your balance (`sterling account balance`)",
+        highlight=False,
+        soft_wrap=True,
+    )

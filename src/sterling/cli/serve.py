@@ -50,13 +50,23 @@ def serve(
         typer.Option("--store", help="Blob store: a folder or fsspec URL. Default: $STERLING_HOME/blobs."),
     ] = None,
     allow_remote: Annotated[
-        bool,
+        list[str] | None,
         typer.Option(
             "--allow-remote",
-            help="Allow a --host other than loopback. The API signs with the chain's dev accounts "
-            "and has no login: expose it only on a network you trust.",
+            metavar="HOST",
+            help="Also answer to this host name (repeatable; `name` or `name:port`), and allow a "
+            "--host other than loopback. Anyone with the token can then sign with the chain's dev "
+            "accounts: expose it only on a network you trust.",
         ),
-    ] = False,
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            help="Use this access token instead of a fresh random one (for scripts; 16 or more URL-safe "
+            "characters; it shows in the process list).",
+        ),
+    ] = None,
     fmt: FormatOpt = Format.text,
 ) -> None:
     """Serve the web app: the JSON API under /api (schema at /openapi.json) and the pages at /.
@@ -67,6 +77,12 @@ def serve(
     (`sterling enclave run`, with the same --state and --store) reads it. Start a chain first:
     `sterling chain up` prints its rpc_url. With --format json, prints one line with the URL once
     the server answers. Stop with Ctrl-C.
+
+    Only the local user drives it: each launch draws an access token and prints the URL that
+    carries it (http://127.0.0.1:PORT/?token=...); opening that URL once sets a cookie in the
+    browser, and scripts send `Authorization: token TOKEN` instead (--token picks the token).
+    Requests under any host name but loopback and the --allow-remote names are refused, and so are
+    state-changing requests from another site's pages (their Origin is not this server's).
     """
     import socket
 
@@ -74,12 +90,15 @@ def serve(
 
     from sterling.web.app import create_app
     from sterling.web.context import WebContext
+    from sterling.web.guard import checked_token, host_name, new_token, split_host
 
-    if not _loopback(host) and not allow_remote:
+    remote = [host_name(h) for h in allow_remote or ()]
+    if not _loopback(host) and not remote:
         raise UsageError(
-            f"--host {host} is not a loopback address: the API signs with dev accounts and has no login; "
-            "pass --allow-remote to listen there anyway"
+            f"--host {host} is not a loopback address: the API signs with dev accounts; pass "
+            "--allow-remote HOST (the name clients will use) to listen there anyway"
         )
+    secret = new_token() if token is None else checked_token(token)
     settings = Settings.from_env()
     context = WebContext.connect(
         settings,
@@ -89,7 +108,6 @@ def serve(
         store=store,
         max_upload_mb=max_upload_mb,
     )
-    app = create_app(context)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -98,8 +116,10 @@ def serve(
         sock.close()
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     bound = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{bound}"
+    app = create_app(context, token=secret, port=bound, allowed_hosts=remote)
+    shown = (f"[{host}]" if ":" in host else host) if _loopback(host) else remote[0]
+    url = f"http://{shown}:{bound}" if split_host(shown)[1] is None else f"http://{shown}"
+    login = f"{url}/?token={secret}"
     config = uvicorn.Config(app, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
 
@@ -108,6 +128,8 @@ def serve(
             await asyncio.sleep(0.05)
         info = {
             "url": url,
+            "login_url": login,
+            "token": secret,
             "chain_id": context.market.chain.chain_id,
             "marketplace": context.market.address,
             "rpc_url": context.market.chain.rpc_url,
@@ -115,7 +137,13 @@ def serve(
         if fmt is Format.json:
             emit_json(info)
         else:
-            console.print(f"Sterling web app at [bold]{url}[/] (chain {info['chain_id']}); Ctrl-C stops it")
+            from rich.markup import escape
+
+            console.print(
+                f"Sterling web app at [bold]{escape(login)}[/] (chain {info['chain_id']}); open this URL "
+                "(it carries the access token); Ctrl-C stops it",
+                soft_wrap=True,
+            )
 
     async def main() -> None:
         task = asyncio.create_task(announce())

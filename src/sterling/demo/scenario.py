@@ -52,6 +52,7 @@ from sterling.privacy.job import Job
 from sterling.privacy.verifier import verify
 from sterling.sdk import consumer as buyer
 from sterling.sdk.provider import ListingTerms, choose_enclave, publish, seal_dataset
+from sterling.sdk.trust import Trust
 from sterling.storage.blobs import BlobStore
 
 RECORD = "demo.json"
@@ -105,6 +106,8 @@ class Demo:
         self.o = options
         self.r = reporter or Reporter()
         self.started = time.perf_counter()
+        #: The enclaves the demo's clients seal to; nothing until `run` confirms its own.
+        self.trust = Trust()
 
     # ------------------------------------------------------------------ setup
 
@@ -142,10 +145,11 @@ class Demo:
             market = Marketplace.at(chain, deployment.marketplace)
             store = BlobStore(self.o.state / "blobs")
             self.r.say("starting a SIMULATED enclave worker (no TEE hardware: this attests nothing)")
+            tee = SimulatedTee(self.o.state / "chain")
             try:
                 worker = Worker.open(
                     market,
-                    SimulatedTee(self.o.state / "chain"),
+                    tee,
                     self.o.state / "chain" / "enclave",
                     store,
                     options=WorkerOptions(name="demo-worker", progress_seconds=2.0, poll_seconds=0.2),
@@ -158,6 +162,15 @@ class Demo:
                     "hardware; start a fresh market with --fresh"
                 ) from None
             worker.register(admin=admin)
+            # Providers and the researcher seal only to an enclave they have confirmed; here that is
+            # the demo's own SIMULATED one, trusted by its measurement and its (local) attestation key.
+            self.trust = Trust.of(
+                tee.measurement(), tee.platform_key.address, simulated=True, note="the demo's own"
+            )
+            self.r.say(
+                f"providers and researcher trust the SIMULATED enclave: measurement "
+                f"0x{tee.measurement().hex()[:16]}…, attested by the local key {tee.platform_key.address}"
+            )
             thread = threading.Thread(target=worker.run, args=(stop,), name="enclave-worker", daemon=True)
             thread.start()
 
@@ -269,7 +282,7 @@ class Demo:
             raise UsageError(
                 f"the local chain has {len(chain.dev_accounts)} accounts; too few for {len(specs)} providers"
             )
-        enclave = choose_enclave(market)
+        enclave = choose_enclave(market, trust=self.trust)
         policy = ""
         ids = []
         for spec, part, account in zip(specs, parts, accounts, strict=True):
@@ -336,7 +349,7 @@ class Demo:
         rec.epsilon_reserved = job.listings[0].epsilon
         self.r.say(f"{label}: verified against {len(rec.listings)} listings' terms; submitting")
         try:
-            submitted = buyer.submit_job(market, researcher, key, job, b.store)
+            submitted = buyer.submit_job(market, researcher, key, job, b.store, trust=self.trust)
         except (UsageError, ContractRevert) as exc:
             rec.state, rec.reason = "refused", str(exc)
             self.r.say(f"{label}: refused: {exc}")

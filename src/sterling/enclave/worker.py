@@ -86,11 +86,21 @@ FAILED_AFTER_TRAINING = "failed after training began; charged the epsilon of wha
 
 
 class ChargedFailure(EnclaveError):
-    """The job failed after mechanisms ran on its data: it is failed on chain with their charge."""
+    """The job failed after mechanisms ran on its data: it is failed on chain with their charge.
 
-    def __init__(self, detail: str, receipt: Receipt) -> None:
+    `reason` is what goes on chain: the fixed FAILED_AFTER_TRAINING unless the failure's cause is
+    itself public (a revert of the chain's own), never the text of an exception raised on the data.
+    """
+
+    def __init__(self, detail: str, receipt: Receipt, *, reason: str = FAILED_AFTER_TRAINING) -> None:
         super().__init__(detail)
         self.receipt = receipt
+        self.reason = reason
+
+
+def settlement_refused(revert_reason: str) -> str:
+    """The on-chain reason when the chain refuses a settlement while this worker holds the lease."""
+    return f"the chain refused the settlement ({revert_reason[:120]}); charged the epsilon of what ran"
 
 
 @dataclass(frozen=True)
@@ -216,7 +226,7 @@ class Worker:
             chain.fund(self.address, DEV_FUNDING)
         measurement = self.tee.measurement()
         if admin is not None and not self.market.measurement_allowed(measurement):
-            self.market.allow_measurement(admin, measurement)
+            self.market.allow_measurement_now(admin, measurement)  # a dev chain: announce, wait the delay
         if not self.market.measurement_allowed(measurement):
             raise EnclaveError(
                 f"measurement 0x{measurement.hex()} is not allowed on this Marketplace: the admin must "
@@ -246,8 +256,9 @@ class Worker:
     # -------------------------------------------------------------- loop
 
     def _now(self) -> int:
-        # A local chain's latest block may be old when nothing was mined since; new blocks take wall time.
-        return max(self.market.chain.now(), int(time.time()))
+        # A local chain's latest block may be old when nothing was mined since; new blocks take the
+        # chain's clock (ahead of wall time when it was moved on), or wall time.
+        return max(self.market.chain.next_block_time(), int(time.time()))
 
     def claimable(self) -> list[int]:
         """Jobs this worker may take now: pending, leased to it, or whose lease ran out."""
@@ -304,7 +315,7 @@ class Worker:
             return self._fail(job_id, str(exc), started)
         except ChargedFailure as exc:
             self.log(f"job {job_id}: {exc}")
-            return self._fail(job_id, FAILED_AFTER_TRAINING, started, receipt=exc.receipt)
+            return self._fail(job_id, exc.reason, started, receipt=exc.receipt)
         except LeaseLost as exc:
             self.log(f"job {job_id}: {exc}")
             return Handled(job_id, "skipped", str(exc), time.monotonic() - started)
@@ -316,6 +327,15 @@ class Worker:
             self.keys.forget(self.market, job_id)
         self.log(f"job {job_id}: completed in {time.monotonic() - started:.1f} s")
         return Handled(job_id, "completed", "", time.monotonic() - started, details)
+
+    def _holds(self, job_id: int) -> bool:
+        """Whether this worker still holds `job_id`'s lease (so a revert was not about the lease)."""
+        job = self.market.job(job_id)
+        return (
+            job.state is JobState.CLAIMED
+            and job.enclave.lower() == self.address.lower()
+            and self._now() <= job.lease_deadline
+        )
 
     def _fail(self, job_id: int, reason: str, started: float, *, receipt: Receipt | None = None) -> Handled:
         self.log(f"job {job_id}: failed: {reason}")
@@ -657,7 +677,19 @@ class Worker:
                 receipt_uri=receipt_ref.uri,
             )
         except ContractRevert as exc:
-            raise LeaseLost(f"could not settle ({exc.reason})") from None
+            if not self._holds(job.id):
+                raise LeaseLost(f"could not settle ({exc.reason})") from None
+            # Still ours, so the chain refuses what it was sent: retrying would refuse it again, and
+            # the job would stay claimed forever. Fail it (consumer refunded) with what ran charged.
+            failed = Receipt.build(
+                chain_id=chain.chain_id,
+                marketplace=self.market.address,
+                job_id=job.id,
+                outcome="failed",
+                plan=plan,
+                ran=outcome.ran,
+            )
+            raise ChargedFailure(str(exc), failed, reason=settlement_refused(exc.reason)) from None
         return {
             "model_uri": ref.uri,
             "model_released": outcome.has_model,

@@ -20,6 +20,7 @@ from sterling.privacy.bundle import ModelBundle
 from sterling.privacy.job import Job
 from sterling.privacy.plan import TrainingPlan
 from sterling.privacy.verifier import ListingView, Report, verify
+from sterling.sdk.trust import Trust
 from sterling.storage.blobs import BlobStore, fetch_verified
 from sterling.storage.manifest import load_manifest
 
@@ -142,9 +143,13 @@ def submit_job(
     job: Job,
     store: BlobStore,
     *,
+    trust: Trust,
     enclave: str | None = None,
 ) -> Submitted:
     """Verify `job`, seal its body to the enclave, store it, escrow its price and submit it.
+
+    The body is sealed only to an enclave `trust` admits whose measurement every listing's pin
+    allows (`sterling.sdk.trust.choose_enclave`), never merely the newest one registered.
 
     Nothing is stored or spent unless the verifier accepts the job and every provider's
     published contract (run here, in the same sandbox the enclave uses) accepts it; the
@@ -152,7 +157,7 @@ def submit_job(
     the job's payment cap.
     """
     from sterling.chain.units import to_delta
-    from sterling.sdk.provider import choose_enclave
+    from sterling.sdk.trust import choose_enclave
 
     asks = {a.listing_id: a.epsilon for a in job.listings}
     views = listing_views(market, list(asks), consumer=consumer.address, epsilons=asks)
@@ -165,7 +170,8 @@ def submit_job(
             "providers' contracts would refuse this job: "
             + "; ".join(f"listing {lid}: {why}" for lid, why in refusals.items())
         )
-    target = choose_enclave(market, enclave)
+    pins = [market.listing(lid).terms.pinned_measurement for lid in asks]
+    target = choose_enclave(market, enclave, trust=trust, pins=pins)
     micro = [round(a.epsilon * 10**6) for a in job.listings]
     ids = [a.listing_id for a in job.listings]
     quotes = [market.quote(consumer.address, lid, m) for lid, m in zip(ids, micro, strict=True)]
@@ -190,6 +196,7 @@ def submit_job(
         job_hash=ref.sha256,
         job_uri=ref.uri,
         value=escrow,
+        max_prices=quotes,  # the prices this consumer saw: the chain refuses the job above them
     )
     return Submitted(job_id, ref.sha256, ref.uri, escrow, target.address, report)
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from eth_utils.address import to_checksum_address
-
 from sterling.chain.marketplace import Marketplace
 from sterling.chain.types import Event
 from sterling.errors import NotFound, UsageError
@@ -20,7 +18,17 @@ SAFE_INT = 2**53
 #: Event arguments that are wei: always decimal strings, so a page never gets a number for one and a
 #: string for another.
 WEI_ARGS = frozenset(
-    {"escrow", "price", "amount", "paid", "refunded", "price_per_job", "price_per_epsilon", "value"}
+    {
+        "escrow",
+        "price",
+        "amount",
+        "paid",
+        "refunded",
+        "price_per_job",
+        "price_per_epsilon",
+        "price_per_prediction",
+        "value",
+    }
 )
 
 
@@ -107,16 +115,8 @@ def block(market: Marketplace, number: int) -> dict[str, Any]:
 def _function(market: Marketplace, to: str | None, data: Any) -> str | None:
     if not to:  # the embedded EVM gives a contract creation `to` = b"" (found by fuzzing: a 500)
         return "deploy"
-    if to_checksum_address(to) != market.address:
-        return None
     raw = bytes(data) if not isinstance(data, str) else bytes.fromhex(data.removeprefix("0x"))
-    if len(raw) < 4:
-        return None
-    try:
-        fn, _ = market.contract.decode_function_input(raw)
-    except ValueError:
-        return None
-    return str(fn.fn_name)
+    return market.decode_function(to, raw)  # the Marketplace, its registry or its fee contract
 
 
 def _get(tx: Any, *names: str) -> Any:

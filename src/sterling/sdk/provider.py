@@ -30,8 +30,9 @@ from sterling.chain.units import to_delta, to_micro
 from sterling.crypto import container, seal
 from sterling.crypto.keys import DEFAULT_SCRYPT_N, load_secret, save_secret
 from sterling.data.dataset import Dataset
-from sterling.errors import NotFound, UsageError
+from sterling.errors import UsageError
 from sterling.files import atomic_write
+from sterling.sdk.trust import choose_enclave as choose_enclave  # sealing only to a trusted enclave
 from sterling.storage.blobs import BlobRef, BlobStore, cid_of
 from sterling.storage.manifest import MANIFEST_FORMAT
 
@@ -182,20 +183,6 @@ def seal_dataset(
         manifest["class_counts"] = dataset.class_counts()
     manifest_ref = store.put_bytes(json.dumps(manifest, sort_keys=True, indent=1).encode())
     return SealedDataset(ciphertext, manifest_ref, contract_ref, schema, key)
-
-
-def choose_enclave(market: Marketplace, address: str | None = None) -> Enclave:
-    """The enclave to seal to: the one named, else the newest live one."""
-    if address is not None:
-        if not is_address(address):
-            raise UsageError(f"--enclave is not an address: {address!r}")
-        if not market.is_enclave(address):
-            raise NotFound(f"{address} is not a registered enclave with an allowed measurement")
-        return market.enclave(address)
-    live = market.live_enclaves()
-    if not live:
-        raise NotFound("no registered enclave on this Marketplace to seal the data key to (start one first)")
-    return live[0]
 
 
 @dataclass(frozen=True)

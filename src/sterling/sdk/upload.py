@@ -30,6 +30,7 @@ from sterling.sdk.provider import (
     read_contract,
     seal_dataset,
 )
+from sterling.sdk.trust import Trust
 from sterling.storage.blobs import BlobStore
 
 SUFFIXES = (".npz", ".csv", ".parquet", ".pq", ".zip")
@@ -156,12 +157,14 @@ def publish_upload(
     store: BlobStore,
     upload: Upload,
     *,
+    trust: Trust,
     max_bytes: int,
     lock: AbstractContextManager[Any] | None = None,
 ) -> tuple[Published, Dataset]:
     """Validate everything (terms, families, contract, the whole import), then seal, store and publish.
 
-    Raises FieldError naming the field at fault before anything is stored. `lock` is held around
+    Raises FieldError naming the field at fault before anything is stored. The data key is sealed
+    only to an enclave `trust` admits (`sterling.sdk.trust.choose_enclave`). `lock` is held around
     the part that writes (storing blobs and the one publishing transaction).
     """
     from sterling.privacy.graph import FAMILIES
@@ -194,7 +197,8 @@ def publish_upload(
         raise FieldError(str(exc), field="file") from None
     preview = render(dataset) if upload.publish_preview else None
     with lock if lock is not None else nullcontext():
-        enclave = choose_enclave(market)
+        chain_terms, _, _ = upload.terms.to_chain()
+        enclave = choose_enclave(market, trust=trust, pins=[chain_terms.pinned_measurement])
         sealed = seal_dataset(
             dataset,
             store,

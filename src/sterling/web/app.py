@@ -1,5 +1,7 @@
 """`create_app(context)`: the JSON API under /api, its schema at /openapi.json, the pages at /.
 
+Every request passes `guard.Guard` first (Host, Origin, the launch's token; see web/guard.py).
+
 FastAPI's /docs and /redoc would load Swagger from a CDN, so they are off; nothing the app
 serves loads anything from the internet. The pages are static files (written by the web-ui
 build into static/), served as they are.
@@ -8,6 +10,7 @@ build into static/), served as they are.
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -17,7 +20,8 @@ from fastapi.staticfiles import StaticFiles
 from sterling import __version__
 from sterling.web import errors
 from sterling.web.context import WebContext
-from sterling.web.routes import contracts, explorer, jobs, market, provider
+from sterling.web.guard import Guard, GuardSettings
+from sterling.web.routes import account, contracts, explorer, jobs, market, provider
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -51,8 +55,19 @@ def ensure_static(folder: Path = STATIC) -> Path:
     return folder
 
 
-def create_app(context: WebContext, *, static_dir: Path | None = None) -> FastAPI:
-    """The app over a ready `context` (its chain connected, its Marketplace found)."""
+def create_app(
+    context: WebContext,
+    *,
+    static_dir: Path | None = None,
+    token: str | None = None,
+    port: int | None = None,
+    allowed_hosts: Sequence[str] = (),
+) -> FastAPI:
+    """The app over a ready `context` (its chain connected, its Marketplace found).
+
+    Only requests carrying `token` (None: a fresh one, read back at `app.state.guard.token`) are
+    served, under a loopback name or one of `allowed_hosts`, on `port` (None: any port).
+    """
     app = FastAPI(
         title="Sterling",
         version=__version__,
@@ -62,8 +77,10 @@ def create_app(context: WebContext, *, static_dir: Path | None = None) -> FastAP
         redoc_url=None,
     )
     app.state.context = context
+    app.state.guard = GuardSettings.build(token=token, port=port, allowed_hosts=allowed_hosts)
     errors.install(app)
-    for module in (market, contracts, jobs, provider, explorer):
+    app.add_middleware(Guard, settings=app.state.guard)  # added last, so it is outermost
+    for module in (market, contracts, jobs, provider, account, explorer):
         app.include_router(module.router, prefix="/api")
     folder = ensure_static(static_dir or STATIC)
     app.mount("/static", StaticFiles(directory=folder), name="static")

@@ -20,6 +20,7 @@ from sterling.chain.marketplace import Marketplace
 from sterling.config import Settings
 from sterling.crypto.keys import derived_x25519
 from sterling.errors import UsageError
+from sterling.sdk.trust import Trust, TrustFile
 from sterling.storage.blobs import BlobStore
 
 DEFAULT_MAX_UPLOAD_MB = 64
@@ -31,6 +32,8 @@ class WebContext:
     store: BlobStore
     state_dir: Path
     settings: Settings | None = None
+    #: The enclaves this server's clients seal to; None: the trust settings in Sterling's home.
+    trust: Trust | None = None
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB << 20
     #: Seconds between looks at the chain while streaming a job's progress.
     poll_seconds: float = 0.5
@@ -56,6 +59,12 @@ class WebContext:
                 f"account must be a dev account index from 0 to {len(accounts) - 1}, got {index}"
             )
         return accounts[index]
+
+    def client_trust(self) -> Trust:
+        """What publishing and submitting seal to: `trust`, else `sterling enclave trust`'s file."""
+        if self.trust is not None:
+            return self.trust
+        return TrustFile.in_home(self.settings.home).load() if self.settings is not None else Trust()
 
     def consumer_key(self, account: LocalAccount) -> X25519PrivateKey:
         """The X25519 key a dev account's models are sealed to (derived, as the CLI's --dev-account)."""

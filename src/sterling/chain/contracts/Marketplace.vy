@@ -1,30 +1,49 @@
 # pragma version ~=0.4.3
-# Optimised for size: with the settlement's privacy receipt and a fail_job that charges what ran,
-# the gas-optimised runtime passes the 24,576 bytes EIP-170 allows (a contract test checks the limit).
+# Optimised for size: 21,749 runtime bytes (about 700 more optimised for gas), leaving room under the
+# 22,118 bytes (90% of EIP-170) a contract test holds every runtime to.
 # pragma optimize codesize
 """
 @title Sterling Marketplace
-@notice The on-chain half of Sterling: an enclave registry, listings of
-        encrypted datasets with public terms, privacy budgets kept per data
-        hash, and the job lifecycle with escrow, epsilon reservation and
-        settlement by an attested enclave.
+@notice The on-chain ledger of Sterling: listings of encrypted datasets
+        with public terms, privacy budgets kept per data hash, and the job
+        lifecycle with escrow, epsilon reservation and settlement by an
+        attested enclave. Which enclaves are trusted is the EnclaveRegistry's
+        business; per-prediction fees are PredictionFees'.
 @dev    Epsilon is a fixed-point integer in micro-epsilon (1 epsilon =
         10**6). Delta is a fixed-point integer in units of 10**-18.
         Money is never pushed to an address: settlement credits balances
-        that their owners `withdraw`, so an account that refuses ether can
-        never block a settlement. Revert messages start with "marketplace:".
+        that their owners `withdraw` (pulled with all gas forwarded), so an
+        account that refuses ether can never block a settlement. Nothing is
+        locked forever: a job not claimed within MAX_PENDING_SECONDS of its
+        submission, or whose enclave lost its registration, can be expired
+        by anyone. Revert messages start with "marketplace:".
 """
 
 from . import IPolicy
 from . import IMarketplace
+from . import signatures
 
 implements: IMarketplace
+
+
+interface IEnclaveRegistry:
+    def admin() -> address: view
+    def live_measurement(enclave: address) -> bytes32: view
+    def allowed_measurements(measurement: bytes32) -> bool: view
+
 
 MAX_LISTINGS: constant(uint256) = 32
 MAX_URI: constant(uint256) = 256
 MAX_SEALED: constant(uint256) = 512
 MAX_REASON: constant(uint256) = 256
 MICRO: constant(uint256) = 10**6
+# The longest lease an enclave holds a job for without a heartbeat.
+MAX_LEASE_SECONDS: public(constant(uint256)) = 86400
+# How long a submitted job waits for an enclave before anyone may expire it (refund, release).
+MAX_PENDING_SECONDS: public(constant(uint256)) = 7 * 86400
+# How long past its pending deadline a claimed job may keep a lease: no enclave, however live, holds
+# an escrow longer than MAX_PENDING_SECONDS + MAX_RUN_SECONDS after the submission.
+MAX_RUN_SECONDS: public(constant(uint256)) = 7 * 86400
 
 # Job states; every transition emits an event.
 PENDING: constant(uint8) = 1
@@ -33,12 +52,8 @@ COMPLETED: constant(uint8) = 3
 FAILED: constant(uint8) = 4
 CANCELLED: constant(uint8) = 5
 
-# Domain tags keep an attestation from ever verifying as a settlement and back.
-ATTESTATION_TAG: constant(bytes32) = keccak256("sterling.attestation.v1")
+# A domain tag keeps a settlement signature from ever verifying as anything else.
 SETTLEMENT_TAG: constant(bytes32) = keccak256("sterling.settlement.v1")
-PREDICTION_TAG: constant(bytes32) = keccak256("sterling.predictions.v1")
-# Upper half of secp256k1's order: signatures with s above it are malleable.
-SECP256K1_HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168  # 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 
 
 struct Terms:
@@ -47,6 +62,7 @@ struct Terms:
     max_epsilon_per_job: uint256    # micro-epsilon
     policy: address                 # empty: no policy contract
     pinned_measurement: bytes32     # empty: any allowed measurement
+    price_per_prediction: uint256   # wei per prediction (PredictionFees)
 
 
 struct Listing:
@@ -68,12 +84,6 @@ struct Budget:
     delta: uint256
 
 
-struct Enclave:
-    measurement: bytes32
-    hpke_public_key: bytes32
-    registered: bool
-
-
 struct Job:
     consumer: address
     state: uint8
@@ -87,6 +97,7 @@ struct Job:
     result_hash: bytes32
     model_uri: String[MAX_URI]
     sealed_model_key: Bytes[MAX_SEALED]
+    pending_deadline: uint256       # unclaimed after this, anyone may expire it
 
 
 # One per listing a job uses: what was reserved and priced at submission,
@@ -100,27 +111,8 @@ struct Allocation:
     weight: uint256
 
 
-event AdminChanged:
-    previous: indexed(address)
-    admin: indexed(address)
-
-event AttestationSignerChanged:
-    signer: indexed(address)
-
-event MeasurementAllowed:
-    measurement: indexed(bytes32)
-    allowed: bool
-
 event LeaseSecondsChanged:
     lease_seconds: uint256
-
-event EnclaveRegistered:
-    enclave: indexed(address)
-    measurement: indexed(bytes32)
-    hpke_public_key: bytes32
-
-event EnclaveRevoked:
-    enclave: indexed(address)
 
 event ListingPublished:
     listing_id: indexed(uint256)
@@ -134,6 +126,7 @@ event ListingPublished:
     max_epsilon_per_job: uint256
     policy: address
     pinned_measurement: bytes32
+    price_per_prediction: uint256
 
 event ListingWithdrawn:
     listing_id: indexed(uint256)
@@ -225,35 +218,17 @@ event Refund:
     consumer: indexed(address)
     amount: uint256
 
-event PredictionsPaid:
-    job_id: indexed(uint256)
-    payer: indexed(address)
-    count: uint256
-    amount: uint256
-
-event PredictionFee:
-    job_id: indexed(uint256)
-    listing_id: indexed(uint256)
-    provider: indexed(address)
-    amount: uint256
-
 event Withdrawal:
     account: indexed(address)
     amount: uint256
 
 
-admin: public(address)
-attestation_signer: public(address)
+registry: public(immutable(address))
 lease_seconds: public(uint256)
-allowed_measurements: public(HashMap[bytes32, bool])
-enclaves: public(HashMap[address, Enclave])
-enclave_count: public(uint256)
 listing_count: public(uint256)
 job_count: public(uint256)
 budgets: public(HashMap[bytes32, Budget])
 balances: public(HashMap[address, uint256])
-# Batches of attributed predictions already paid (by the sha256 of their inputs).
-used_batches: public(HashMap[bytes32, bool])
 # Sum of open escrow plus credited balances; equals this contract's ether.
 liabilities: public(uint256)
 
@@ -263,122 +238,37 @@ _allocations: HashMap[uint256, DynArray[Allocation, MAX_LISTINGS]]
 
 
 @deploy
-def __init__(attestation_signer: address, lease_seconds: uint256):
+def __init__(enclave_registry: address, lease_seconds: uint256):
     """
-    @param attestation_signer Key whose signature makes an attestation valid.
-    @param lease_seconds How long a claimed job stays with its enclave.
+    @param enclave_registry The EnclaveRegistry that says which enclaves are live, and who is admin.
+    @param lease_seconds How long a claimed job stays with its enclave (at most MAX_LEASE_SECONDS).
     """
-    assert attestation_signer != empty(address), "marketplace: empty attestation signer"
-    assert lease_seconds > 0, "marketplace: zero lease"
-    self.admin = msg.sender
-    self.attestation_signer = attestation_signer
-    self.lease_seconds = lease_seconds
-    log AdminChanged(previous=empty(address), admin=msg.sender)
-    log AttestationSignerChanged(signer=attestation_signer)
-    log LeaseSecondsChanged(lease_seconds=lease_seconds)
-
-
-# ---------------------------------------------------------------- admin
+    assert enclave_registry.is_contract, "marketplace: registry is not a contract"
+    registry = enclave_registry
+    self._set_lease(lease_seconds)
 
 
 @internal
-def _only_admin():
-    assert msg.sender == self.admin, "marketplace: caller is not the admin"
-
-
-@external
-def transfer_admin(new_admin: address):
-    """
-    @notice Hand the admin role to `new_admin`.
-    """
-    self._only_admin()
-    assert new_admin != empty(address), "marketplace: empty admin"
-    log AdminChanged(previous=self.admin, admin=new_admin)
-    self.admin = new_admin
-
-
-@external
-def set_attestation_signer(signer: address):
-    """
-    @notice Trust attestations signed by `signer` from now on.
-    """
-    self._only_admin()
-    assert signer != empty(address), "marketplace: empty attestation signer"
-    self.attestation_signer = signer
-    log AttestationSignerChanged(signer=signer)
-
-
-@external
-def allow_measurement(measurement: bytes32, allowed: bool):
-    """
-    @notice Add or remove an enclave measurement from the allow-list.
-            Removing one stops every enclave with it from claiming or settling.
-    """
-    self._only_admin()
-    assert measurement != empty(bytes32), "marketplace: empty measurement"
-    self.allowed_measurements[measurement] = allowed
-    log MeasurementAllowed(measurement=measurement, allowed=allowed)
+def _set_lease(lease_seconds: uint256):
+    assert lease_seconds > 0, "marketplace: zero lease"
+    assert lease_seconds <= MAX_LEASE_SECONDS, "marketplace: lease above the maximum"
+    self.lease_seconds = lease_seconds
+    log LeaseSecondsChanged(lease_seconds=lease_seconds)
 
 
 @external
 def set_lease_seconds(lease_seconds: uint256):
     """
-    @notice Set the lease length for future claims.
+    @notice Set the lease length for future claims (the registry's admin only).
     """
-    self._only_admin()
-    assert lease_seconds > 0, "marketplace: zero lease"
-    self.lease_seconds = lease_seconds
-    log LeaseSecondsChanged(lease_seconds=lease_seconds)
-
-
-@external
-def revoke_enclave(enclave: address):
-    """
-    @notice Deregister an enclave; its claimed jobs can expire and be re-claimed.
-    """
-    self._only_admin()
-    assert self.enclaves[enclave].registered, "marketplace: unknown enclave"
-    self.enclaves[enclave].registered = False
-    self.enclave_count -= 1
-    log EnclaveRevoked(enclave=enclave)
-
-
-# ------------------------------------------------------------ signatures
-
-
-@internal
-@pure
-def _recover(digest: bytes32, signature: Bytes[65]) -> address:
-    # EIP-191 personal-message digest, as eth-account's `sign_message` makes.
-    assert len(signature) == 65, "marketplace: bad signature length"
-    prefixed: bytes32 = keccak256(concat(b"\x19Ethereum Signed Message:\n32", digest))
-    r: uint256 = convert(slice(signature, 0, 32), uint256)
-    s: uint256 = convert(slice(signature, 32, 32), uint256)
-    v: uint256 = convert(slice(signature, 64, 1), uint256)
-    if v < 27:
-        v += 27
-    assert s <= SECP256K1_HALF_N, "marketplace: malleable signature"
-    signer: address = ecrecover(prefixed, v, r, s)
-    assert signer != empty(address), "marketplace: invalid signature"
-    return signer
+    assert msg.sender == staticcall IEnclaveRegistry(registry).admin(), "marketplace: caller is not the admin"
+    self._set_lease(lease_seconds)
 
 
 @view
-@external
-def attestation_digest(measurement: bytes32, enclave: address, hpke_public_key: bytes32) -> bytes32:
-    """
-    @notice The digest an attestation signs. Its report data binds this
-            chain and this contract, so an attestation cannot be replayed
-            on another deployment.
-    """
-    return self._attestation_digest(measurement, enclave, hpke_public_key)
-
-
 @internal
-@view
-def _attestation_digest(measurement: bytes32, enclave: address, hpke_public_key: bytes32) -> bytes32:
-    report_data: bytes32 = keccak256(abi_encode(chain.id, self))
-    return keccak256(abi_encode(ATTESTATION_TAG, measurement, enclave, hpke_public_key, report_data))
+def _live_measurement(enclave: address) -> bytes32:
+    return staticcall IEnclaveRegistry(registry).live_measurement(enclave)
 
 
 @view
@@ -430,46 +320,6 @@ def _settlement_digest(
     )
 
 
-# --------------------------------------------------------------- enclaves
-
-
-@external
-def register_enclave(measurement: bytes32, hpke_public_key: bytes32, attestation: Bytes[65]):
-    """
-    @notice Register the caller as an enclave. The caller must be the
-            enclave's signing address, and `attestation` a signature by the
-            trusted attestation key over (measurement, caller, HPKE key,
-            report data of this chain and contract).
-    @param measurement Hash of the enclave's code; must be allow-listed.
-    @param hpke_public_key The enclave's X25519 key that data keys are sealed to.
-    @param attestation 65-byte signature by the attestation signer.
-    """
-    assert self.allowed_measurements[measurement], "marketplace: measurement not allowed"
-    assert hpke_public_key != empty(bytes32), "marketplace: empty hpke key"
-    assert not self.enclaves[msg.sender].registered, "marketplace: enclave already registered"
-    digest: bytes32 = self._attestation_digest(measurement, msg.sender, hpke_public_key)
-    assert self._recover(digest, attestation) == self.attestation_signer, "marketplace: attestation not signed by the attestation signer"
-    self.enclaves[msg.sender] = Enclave(measurement=measurement, hpke_public_key=hpke_public_key, registered=True)
-    self.enclave_count += 1
-    log EnclaveRegistered(enclave=msg.sender, measurement=measurement, hpke_public_key=hpke_public_key)
-
-
-@view
-@internal
-def _is_live_enclave(enclave: address) -> bool:
-    info: Enclave = self.enclaves[enclave]
-    return info.registered and self.allowed_measurements[info.measurement]
-
-
-@view
-@external
-def is_enclave(enclave: address) -> bool:
-    """
-    @notice True when `enclave` is registered and its measurement still allowed.
-    """
-    return self._is_live_enclave(enclave)
-
-
 # --------------------------------------------------------------- listings
 
 
@@ -515,6 +365,7 @@ def _add_listing(
         max_epsilon_per_job=terms.max_epsilon_per_job,
         policy=terms.policy,
         pinned_measurement=terms.pinned_measurement,
+        price_per_prediction=terms.price_per_prediction,
     )
     return listing_id
 
@@ -619,14 +470,11 @@ def remaining_budget(data_hash: bytes32) -> uint256:
 @external
 def is_open(listing_id: uint256) -> bool:
     """
-    @notice True when the listing is on sale: active, and its data's budget
-            is not spent. A budget at zero closes every listing of the data.
+    @notice True when the listing can serve a job now: active, and some of
+            its data's budget is left after what is spent and reserved.
     """
     listing: Listing = self._listings[listing_id]
-    if not listing.active:
-        return False
-    budget: Budget = self.budgets[listing.data_hash]
-    return budget.spent < budget.total
+    return listing.active and self._remaining(listing.data_hash) > 0
 
 
 @view
@@ -698,6 +546,7 @@ def _credit(account: address, amount: uint256):
 def submit_job(
     listing_ids: DynArray[uint256, MAX_LISTINGS],
     epsilons: DynArray[uint256, MAX_LISTINGS],
+    max_prices: DynArray[uint256, MAX_LISTINGS],
     delta: uint256,
     consumer_key: bytes32,
     job_hash: bytes32,
@@ -706,10 +555,13 @@ def submit_job(
     """
     @notice Submit a job: escrow `msg.value` and reserve `epsilons[i]` of
             each listing's budget, atomically. Reverts if any listing is
-            closed, any budget or cap is exceeded, any policy refuses, or the
-            escrow does not cover the price.
+            closed, any budget or cap is exceeded, any policy refuses, any
+            price is above what the consumer agreed to, or the escrow does
+            not cover the price. The job may wait MAX_PENDING_SECONDS for an
+            enclave; after that anyone may expire it (full refund).
     @param listing_ids The listings the job trains on (no duplicates).
     @param epsilons Micro-epsilon reserved on each listing.
+    @param max_prices The most the consumer pays for each listing (the quote it saw).
     @param delta The job's delta (10**-18 units); at most each listing's.
     @param consumer_key The consumer's X25519 public key; the model key is sealed to it.
     @param job_hash sha256 of the sealed job body.
@@ -718,7 +570,7 @@ def submit_job(
     """
     n: uint256 = len(listing_ids)
     assert n > 0, "marketplace: no listings"
-    assert len(epsilons) == n, "marketplace: one epsilon per listing"
+    assert len(epsilons) == n and len(max_prices) == n, "marketplace: one epsilon and price per listing"
     assert consumer_key != empty(bytes32), "marketplace: empty consumer key"
     assert job_hash != empty(bytes32), "marketplace: empty job hash"
     assert delta > 0, "marketplace: zero delta"
@@ -726,6 +578,7 @@ def submit_job(
     self.job_count = job_id
     allocations: DynArray[Allocation, MAX_LISTINGS] = []
     total: uint256 = 0
+    pin: bytes32 = empty(bytes32)
     for i: uint256 in range(n, bound=MAX_LISTINGS):
         listing_id: uint256 = listing_ids[i]
         for j: uint256 in range(i, bound=MAX_LISTINGS):
@@ -740,14 +593,21 @@ def submit_job(
         remaining: uint256 = self._remaining(listing.data_hash)
         assert remaining > 0, "marketplace: budget exhausted"
         assert eps <= remaining, "marketplace: epsilon above remaining budget"
+        # A job no enclave could ever claim would lock every budget it names until it expires.
+        if listing.terms.pinned_measurement != empty(bytes32):
+            assert pin == empty(bytes32) or pin == listing.terms.pinned_measurement, "marketplace: listings pin different measurements"
+            pin = listing.terms.pinned_measurement
         if listing.terms.policy != empty(address):
             assert staticcall IPolicy(listing.terms.policy).check(msg.sender, listing_id, job_hash), "marketplace: policy refused the consumer"
         price: uint256 = self._quote(msg.sender, listing_id, eps)
+        assert price <= max_prices[i], "marketplace: price above the consumer's maximum"
         self.budgets[listing.data_hash].reserved += eps
         allocations.append(Allocation(listing_id=listing_id, reserved=eps, price=price, spent=0, payout=0, weight=0))
         total += price
         log EpsilonReserved(job_id=job_id, listing_id=listing_id, data_hash=listing.data_hash, micro_epsilon=eps, price=price)
     assert msg.value >= total, "marketplace: escrow below price"
+    if pin != empty(bytes32):
+        assert staticcall IEnclaveRegistry(registry).allowed_measurements(pin), "marketplace: pinned measurement not in force"
     self._jobs[job_id] = Job(
         consumer=msg.sender,
         state=PENDING,
@@ -761,6 +621,7 @@ def submit_job(
         result_hash=empty(bytes32),
         model_uri="",
         sealed_model_key=b"",
+        pending_deadline=block.timestamp + MAX_PENDING_SECONDS,
     )
     self._allocations[job_id] = allocations
     self.liabilities += msg.value
@@ -787,14 +648,31 @@ def _known(job_id: uint256):
 @internal
 @view
 def _lease_over(job_id: uint256) -> bool:
-    return self._jobs[job_id].state == CLAIMED and block.timestamp > self._jobs[job_id].lease_deadline
+    # A claimed job's lease is over when its time ran out or its holder is no longer a live enclave.
+    if self._jobs[job_id].state != CLAIMED:
+        return False
+    if block.timestamp > self._jobs[job_id].lease_deadline:
+        return True
+    return self._live_measurement(self._jobs[job_id].enclave) == empty(bytes32)
+
+
+@internal
+@view
+def _new_lease(job_id: uint256) -> uint256:
+    return min(block.timestamp + self.lease_seconds, self._jobs[job_id].pending_deadline + MAX_RUN_SECONDS)
+
+
+@internal
+@view
+def _lapsed(job_id: uint256) -> bool:
+    return block.timestamp > self._jobs[job_id].pending_deadline
 
 
 @external
 @nonreentrant
 def cancel_job(job_id: uint256):
     """
-    @notice Cancel a job no enclave holds (pending, or its lease ran out):
+    @notice Cancel a job no enclave holds (pending, or its lease is over):
             full refund, reservation released.
     """
     self._known(job_id)
@@ -808,23 +686,25 @@ def cancel_job(job_id: uint256):
 @external
 def claim_job(job_id: uint256) -> uint256:
     """
-    @notice A registered enclave takes a pending job, or one whose lease ran
-            out, for `lease_seconds`. Listings that pin a measurement accept
-            only enclaves with that measurement.
+    @notice A registered enclave takes a pending job, or one whose lease is
+            over, for `lease_seconds`, until the job's pending deadline.
+            Listings that pin a measurement accept only enclaves with that
+            measurement.
     @return The lease deadline (unix seconds).
     """
-    assert self._is_live_enclave(msg.sender), "marketplace: caller is not a registered enclave"
+    measurement: bytes32 = self._live_measurement(msg.sender)
+    assert measurement != empty(bytes32), "marketplace: caller is not a registered enclave"
     self._known(job_id)
+    assert not self._lapsed(job_id), "marketplace: job expired"
     if self._lease_over(job_id):
         log JobExpired(job_id=job_id, enclave=self._jobs[job_id].enclave)
     else:
         assert self._jobs[job_id].state != CLAIMED, "marketplace: job is leased"
         assert self._jobs[job_id].state == PENDING, "marketplace: job is not pending"
-    measurement: bytes32 = self.enclaves[msg.sender].measurement
     for a: Allocation in self._allocations[job_id]:
         pinned: bytes32 = self._listings[a.listing_id].terms.pinned_measurement
         assert pinned == empty(bytes32) or pinned == measurement, "marketplace: listing pins another measurement"
-    deadline: uint256 = block.timestamp + self.lease_seconds
+    deadline: uint256 = self._new_lease(job_id)
     self._jobs[job_id].state = CLAIMED
     self._jobs[job_id].enclave = msg.sender
     self._jobs[job_id].lease_deadline = deadline
@@ -838,7 +718,7 @@ def _only_holder(job_id: uint256):
     self._known(job_id)
     assert self._jobs[job_id].state == CLAIMED, "marketplace: job is not claimed"
     assert self._jobs[job_id].enclave == msg.sender, "marketplace: caller does not hold the job"
-    assert self._is_live_enclave(msg.sender), "marketplace: caller is not a registered enclave"
+    assert self._live_measurement(msg.sender) != empty(bytes32), "marketplace: caller is not a registered enclave"
 
 
 @external
@@ -848,8 +728,8 @@ def extend_lease(job_id: uint256) -> uint256:
     @return The new lease deadline.
     """
     self._only_holder(job_id)
-    assert not self._lease_over(job_id), "marketplace: lease expired"
-    deadline: uint256 = block.timestamp + self.lease_seconds
+    assert block.timestamp <= self._jobs[job_id].lease_deadline, "marketplace: lease expired"
+    deadline: uint256 = self._new_lease(job_id)
     self._jobs[job_id].lease_deadline = deadline
     log JobLeaseExtended(job_id=job_id, enclave=msg.sender, lease_deadline=deadline)
     return deadline
@@ -869,26 +749,40 @@ def report_progress(job_id: uint256, step: uint256, steps: uint256, micro_epsilo
     @return The new lease deadline.
     """
     self._only_holder(job_id)
-    assert not self._lease_over(job_id), "marketplace: lease expired"
+    assert block.timestamp <= self._jobs[job_id].lease_deadline, "marketplace: lease expired"
     assert step <= steps, "marketplace: step beyond steps"
-    deadline: uint256 = block.timestamp + self.lease_seconds
+    deadline: uint256 = self._new_lease(job_id)
     self._jobs[job_id].lease_deadline = deadline
     log JobProgress(job_id=job_id, enclave=msg.sender, step=step, steps=steps, micro_epsilon=micro_epsilon, lease_deadline=deadline)
     return deadline
 
 
 @external
+@nonreentrant
 def expire_job(job_id: uint256):
     """
-    @notice Anyone may return a job whose lease ran out to the pending pool.
+    @notice Anyone may expire a job: one whose lease is over (its time ran
+            out, or its enclave was revoked) goes back to the pending pool;
+            one still unclaimed after its pending deadline is cancelled with
+            a full refund and every reservation released.
     """
     self._known(job_id)
-    assert self._jobs[job_id].state == CLAIMED, "marketplace: job is not claimed"
-    assert self._lease_over(job_id), "marketplace: lease not expired"
+    state: uint8 = self._jobs[job_id].state
+    lapsed: bool = self._lapsed(job_id)
+    if state == PENDING:
+        assert lapsed, "marketplace: job not expired"
+    else:
+        assert state == CLAIMED, "marketplace: job is not pending or claimed"
+        assert self._lease_over(job_id), "marketplace: lease not expired"
     log JobExpired(job_id=job_id, enclave=self._jobs[job_id].enclave)
-    self._jobs[job_id].state = PENDING
     self._jobs[job_id].enclave = empty(address)
     self._jobs[job_id].lease_deadline = 0
+    if lapsed:
+        self._jobs[job_id].state = CANCELLED
+        self._refund_and_release(job_id, [])
+        log JobCancelled(job_id=job_id)
+    else:
+        self._jobs[job_id].state = PENDING
 
 
 @external
@@ -932,7 +826,7 @@ def complete_job(
     assert result_hash != empty(bytes32), "marketplace: empty result hash"
     self._check_charge(job_id, spent, receipt_hash)
     digest: bytes32 = self._settlement_digest(job_id, result_hash, model_uri, sealed_model_key, payouts, spent, weights, receipt_hash)
-    assert self._recover(digest, signature) == msg.sender, "marketplace: settlement not signed by the enclave"
+    assert signatures._recover(digest, signature) == msg.sender, "marketplace: settlement not signed by the enclave"
     escrow: uint256 = self._jobs[job_id].escrow
     paid: uint256 = 0
     for p: uint256 in payouts:
@@ -1026,115 +920,40 @@ def allocations(job_id: uint256) -> DynArray[Allocation, MAX_LISTINGS]:
 # --------------------------------------------------------------- payments
 
 
-@internal
-def _split_fee(job_id: uint256, count: uint256, weights: DynArray[uint256, MAX_LISTINGS], amount: uint256):
-    # Split `amount` (the payment) among the job's providers by `weights`; rounding dust goes to the first
-    # provider with a non-zero weight, so the shares sum to the payment.
+@view
+@external
+def payees(job_id: uint256) -> (DynArray[uint256, MAX_LISTINGS], DynArray[address, MAX_LISTINGS], DynArray[uint256, MAX_LISTINGS], DynArray[uint256, MAX_LISTINGS]):
+    """
+    @notice What PredictionFees needs of a completed job: per listing its
+            id, provider, price per prediction and settlement weight.
+    """
     self._known(job_id)
     assert self._jobs[job_id].state == COMPLETED, "marketplace: job is not completed"
-    assert count > 0, "marketplace: zero predictions"
-    assert amount > 0, "marketplace: zero payment"
-    allocations: DynArray[Allocation, MAX_LISTINGS] = self._allocations[job_id]
-    assert len(weights) == len(allocations), "marketplace: one weight per listing"
-    weight_sum: uint256 = 0
-    first: uint256 = max_value(uint256)
-    for i: uint256 in range(len(weights), bound=MAX_LISTINGS):
-        if weights[i] > 0 and first == max_value(uint256):
-            first = i
-        weight_sum += weights[i]
-    assert weight_sum > 0, "marketplace: job has no prediction weights"
-    shares: DynArray[uint256, MAX_LISTINGS] = []
-    given: uint256 = 0
-    for w: uint256 in weights:
-        share: uint256 = amount * w // weight_sum
-        shares.append(share)
-        given += share
-    shares[first] += amount - given
-    for i: uint256 in range(len(shares), bound=MAX_LISTINGS):
-        if shares[i] > 0:
-            listing_id: uint256 = allocations[i].listing_id
-            provider: address = self._listings[listing_id].provider
-            self._credit(provider, shares[i])
-            log PredictionFee(job_id=job_id, listing_id=listing_id, provider=provider, amount=shares[i])
-    self.liabilities += amount
-    log PredictionsPaid(job_id=job_id, payer=msg.sender, count=count, amount=amount)
-
-
-@external
-@payable
-@nonreentrant
-def pay_for_predictions(job_id: uint256, count: uint256):
-    """
-    @notice Pay for a batch of `count` predictions from a completed job's
-            model. `msg.value` is split among the job's providers by the
-            weights the enclave recorded at completion; rounding dust goes to
-            the first provider with a non-zero weight, so shares sum to the payment.
-    """
+    ids: DynArray[uint256, MAX_LISTINGS] = []
+    providers: DynArray[address, MAX_LISTINGS] = []
+    prices: DynArray[uint256, MAX_LISTINGS] = []
     weights: DynArray[uint256, MAX_LISTINGS] = []
     for a: Allocation in self._allocations[job_id]:
+        ids.append(a.listing_id)
+        providers.append(self._listings[a.listing_id].provider)
+        prices.append(self._listings[a.listing_id].terms.price_per_prediction)
         weights.append(a.weight)
-    self._split_fee(job_id, count, weights, msg.value)
-
-
-@view
-@external
-def predictions_digest(
-    job_id: uint256, payer: address, count: uint256, batch_hash: bytes32, weights: DynArray[uint256, MAX_LISTINGS]
-) -> bytes32:
-    """
-    @notice The digest an enclave signs to attribute one batch of predictions
-            to the job's providers: the job, who pays, how many, which
-            batch, and the weights.
-    """
-    return self._predictions_digest(job_id, payer, count, batch_hash, weights)
-
-
-@internal
-@view
-def _predictions_digest(
-    job_id: uint256, payer: address, count: uint256, batch_hash: bytes32, weights: DynArray[uint256, MAX_LISTINGS]
-) -> bytes32:
-    return keccak256(abi_encode(PREDICTION_TAG, chain.id, self, job_id, payer, count, batch_hash, weights))
-
-
-@external
-@payable
-@nonreentrant
-def pay_for_attributed_predictions(
-    job_id: uint256,
-    count: uint256,
-    batch_hash: bytes32,
-    weights: DynArray[uint256, MAX_LISTINGS],
-    enclave: address,
-    signature: Bytes[65],
-):
-    """
-    @notice Pay for a batch of predictions that the enclave served and
-            attributed: `msg.value` is split by `weights`, each listing's
-            share of influence on these predictions, signed by a live
-            enclave for this payer and this batch. A batch is paid once.
-    @param batch_hash sha256 of the batch's inputs (binds the weights to them).
-    @param weights Per-listing attribution weights for this batch.
-    @param enclave The enclave that served the batch and signed the weights.
-    @param signature The enclave's signature over `predictions_digest(...)`.
-    """
-    assert not self.used_batches[batch_hash], "marketplace: batch already paid"
-    assert self._is_live_enclave(enclave), "marketplace: signer is not a registered enclave"
-    digest: bytes32 = self._predictions_digest(job_id, msg.sender, count, batch_hash, weights)
-    assert self._recover(digest, signature) == enclave, "marketplace: attribution not signed by the enclave"
-    self.used_batches[batch_hash] = True
-    self._split_fee(job_id, count, weights, msg.value)
+    return ids, providers, prices, weights
 
 
 @external
 @nonreentrant
 def withdraw():
     """
-    @notice Send the caller every wei credited to it (payouts, refunds, fees).
+    @notice Pay the caller every wei credited to it (payouts, refunds),
+            forwarding all gas so any wallet (a multisig, a proxy) can
+            receive it. The balance is zeroed before the transfer, and the
+            transfer's failure reverts the whole withdrawal.
     """
     amount: uint256 = self.balances[msg.sender]
     assert amount > 0, "marketplace: nothing to withdraw"
     self.balances[msg.sender] = 0
     self.liabilities -= amount
-    send(msg.sender, amount)
     log Withdrawal(account=msg.sender, amount=amount)
+    ok: bool = raw_call(msg.sender, b"", value=amount, revert_on_failure=False)
+    assert ok, "marketplace: transfer to the caller failed"

@@ -14,7 +14,7 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from sterling.chain.types import JobState
-from sterling.errors import NotFound, UsageError
+from sterling.errors import EnclaveError, NotFound, UsageError
 from sterling.sdk import consumer, jobview
 from sterling.sdk.editor import check_text, from_report
 from sterling.web.context import WebContext
@@ -74,10 +74,12 @@ def submit(c: Ctx, req: SubmitBody) -> dict[str, Any]:
         )
     with c.write_lock:
         try:
-            done = consumer.submit_job(c.market, account, c.consumer_key(account), job, c.store)
+            done = consumer.submit_job(
+                c.market, account, c.consumer_key(account), job, c.store, trust=c.client_trust()
+            )
         except consumer.JobRejected as exc:  # the chain moved between the check and the lock
             raise _refused(str(exc), from_report(job, exc.report, req.text).to_json()) from None
-        except NotFound as exc:  # no live enclave to seal the job to: the chain's state, not the request
+        except (NotFound, EnclaveError) as exc:  # no live, trusted enclave to seal the job to
             raise ApiError(409, str(exc)) from None
     out = done.to_json()
     return {
@@ -151,7 +153,7 @@ def cancel(c: Ctx, job_id: int, req: AccountBody) -> dict[str, Any]:
         raise UsageError(
             f"job {job_id} belongs to {job.consumer}, not to account {req.account} ({account.address})"
         )
-    expired = job.state is JobState.CLAIMED and job.lease_deadline < c.market.chain.now()
+    expired = job.state is JobState.CLAIMED and job.lease_deadline < c.market.chain.next_block_time()
     if job.state is not JobState.PENDING and not expired:
         raise ApiError(
             409, f"job {job_id} is {job.state.label}: only a pending job can be cancelled", field=None

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import Field
@@ -21,10 +21,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from sterling.errors import NotFound, UsageError
+from sterling.errors import EnclaveError, NotFound, UsageError
 from sterling.web.context import WebContext
 from sterling.web.errors import ApiError, UploadTooLarge
-from sterling.web.routes.deps import Body, ctx
+from sterling.web.routes.deps import Account, AccountBody, Body, Wei, ctx
 
 router = APIRouter(tags=["provider"])
 Ctx = Annotated[WebContext, Depends(ctx)]
@@ -180,9 +180,15 @@ def _publish(c: WebContext, form: FormData) -> dict[str, Any]:
         )
         try:
             done, dataset = publish_upload(
-                c.market, provider, c.store, upload, max_bytes=c.max_upload_bytes * 8, lock=c.write_lock
+                c.market,
+                provider,
+                c.store,
+                upload,
+                trust=c.client_trust(),
+                max_bytes=c.max_upload_bytes * 8,
+                lock=c.write_lock,
             )
-        except NotFound as exc:  # no live enclave to seal the data key to: the chain's state
+        except (NotFound, EnclaveError) as exc:  # no live, trusted enclave to seal the data key to
             raise ApiError(409, str(exc)) from None
     return {
         "listing_id": done.listing_id,
@@ -191,3 +197,88 @@ def _publish(c: WebContext, form: FormData) -> dict[str, Any]:
         "rows": dataset.schema.rows,
         "modality": dataset.schema.modality,
     }
+
+
+# ------------------------------------------------- a provider's listings and earnings
+
+
+@router.get("/provider/listings")
+def my_listings(c: Ctx, account: int) -> dict[str, Any]:
+    """Every listing dev account `account` published (on sale or not), with what each has earned."""
+    from sterling.sdk.manage import provider_listings
+    from sterling.web.routes.account import dev_account
+
+    signer = dev_account(c, account)
+    return {
+        "account": account,
+        "address": signer.address,
+        "listings": provider_listings(c.market, signer.address),
+    }
+
+
+class DeriveBody(Body):
+    """New terms for a derived listing; a term left out is the parent's. `policy` or
+    `pinned_measurement` null (or "") drops it; `contract` "keep" runs the parent's provider contract,
+    "none" none."""
+
+    account: Account
+    price_per_job_wei: Wei | None = None
+    price_per_epsilon_wei: Wei | None = None
+    max_epsilon_per_job: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    policy: str | None = None
+    pinned_measurement: str | None = None
+    price_per_prediction_wei: Wei | None = None
+    contract: Literal["keep", "none"] = "keep"
+
+
+def _given(req: DeriveBody, name: str) -> Any:
+    """A term's new value: KEEP when the request leaves it out, None when it clears it."""
+    from sterling.sdk.manage import KEEP
+
+    if name not in req.model_fields_set:
+        return KEEP
+    value = getattr(req, name)
+    return value.strip() or None if isinstance(value, str) else value
+
+
+@router.post("/provider/listings/{listing_id}/derive", status_code=201)
+def derive(c: Ctx, listing_id: int, req: DeriveBody) -> dict[str, Any]:
+    """Re-list a listing's data under new terms, on the same privacy budget (its provider only).
+
+    400 naming the field for a bad term or a listing that is not the account's, 404 for an unknown
+    listing; the new listing as the marketplace shows it."""
+    from sterling.sdk import manage
+    from sterling.sdk.listings import summary
+    from sterling.web.routes.account import dev_account
+
+    signer = dev_account(c, req.account)
+    parent = manage.owned(c.market, signer, listing_id)
+    terms = manage.derived_terms(
+        parent,
+        price_per_job_wei=req.price_per_job_wei,
+        price_per_epsilon_wei=req.price_per_epsilon_wei,
+        max_epsilon_per_job=req.max_epsilon_per_job,
+        policy=_given(req, "policy"),
+        pinned_measurement=_given(req, "pinned_measurement"),
+        price_per_prediction_wei=req.price_per_prediction_wei,
+    )
+    contract_hash = manage.contract_hash_for(parent, drop_contract=req.contract == "none")
+    child = manage.derive(
+        c.market, signer, listing_id, terms=terms, contract_hash=contract_hash, lock=c.write_lock
+    )
+    return {"listing_id": child.id, "parent": listing_id, "listing": summary(c.market, child.id).to_json()}
+
+
+@router.post("/provider/listings/{listing_id}/withdraw")
+def withdraw_listing(c: Ctx, listing_id: int, req: AccountBody) -> dict[str, Any]:
+    """Take a listing off sale (its provider only): 400 if it is another's, 404 unknown, 409 if it
+    already is; jobs already submitted on it are unaffected."""
+    from sterling.sdk import manage
+    from sterling.web.routes.account import dev_account
+
+    signer = dev_account(c, req.account)
+    try:
+        after = manage.withdraw_listing(c.market, signer, listing_id, lock=c.write_lock)
+    except manage.AlreadyWithdrawn as exc:
+        raise ApiError(409, str(exc)) from None
+    return {"listing_id": after.id, "active": after.active, "open": after.open}
