@@ -167,6 +167,17 @@ class Market:
         with urllib.request.urlopen(request, timeout=30) as r:
             return json.loads(r.read())
 
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        """POST `body` as JSON with the launch token, as a script driving the server would."""
+        request = urllib.request.Request(
+            f"{self.base_url}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"token {self.token}"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return json.loads(r.read())
+
     def wait_idle(self, timeout: float = 120) -> None:
         """Until no job is pending or being trained (the worker then only polls)."""
         deadline = time.monotonic() + timeout

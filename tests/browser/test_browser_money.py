@@ -3,11 +3,8 @@ under new terms and takes one off sale; a buyer cancels a job, sees the refund a
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import urllib.request
-from typing import Any
 
 import pytest
 from browser_world import Market
@@ -16,17 +13,6 @@ from playwright.sync_api import Page, expect
 pytestmark = pytest.mark.browser
 NORTH_PROVIDER, SOUTH_PROVIDER = "5", "6"  # browser_world.PROVIDERS
 BUYER = "9"
-
-
-def post(market: Market, path: str, body: dict[str, Any]) -> Any:
-    req = urllib.request.Request(
-        f"{market.base_url}{path}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"token {market.token}"},
-        method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read())
 
 
 def test_a_provider_sees_earnings_after_a_job_settled_and_withdraws_them(page: Page, market: Market, shot):  # type: ignore[no-untyped-def]
@@ -109,13 +95,13 @@ def test_a_provider_derives_a_listing_and_takes_it_off_sale(page: Page, market: 
 
 def test_a_buyer_sees_the_refund_of_a_cancelled_job_and_withdraws_it(page: Page, market: Market, shot):  # type: ignore[no-untyped-def]
     north = market.listings["north"]
-    job = post(market, "/api/assemble", {"listing_ids": [north.id], "family": "logistic_regression",
+    job = market.post("/api/assemble", {"listing_ids": [north.id], "family": "logistic_regression",
                                          "account": int(BUYER)})  # fmt: skip
     market.wait_idle()
     assert market.worker is not None
     os.kill(market.worker.pid, signal.SIGSTOP)  # idle, so the job stays pending and no lease runs out
     try:
-        job_id = int(post(market, "/api/jobs", {"text": job["text"], "account": int(BUYER)})["job_id"])
+        job_id = int(market.post("/api/jobs", {"text": job["text"], "account": int(BUYER)})["job_id"])
         page.goto(f"/#/jobs/{job_id}")
         page.locator("#cancel-job").click()
         expect(page.locator("#job-state")).to_have_attribute("data-state", "cancelled")

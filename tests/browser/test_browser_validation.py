@@ -8,8 +8,6 @@ import json
 import os
 import re
 import signal
-import urllib.request
-from typing import Any
 
 import pytest
 from browser_world import FEATURES, PAINTED, Market, tabular_csv
@@ -17,17 +15,6 @@ from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.browser
 CONSUMER = "8"
-
-
-def post(market: Market, path: str, body: dict[str, Any]) -> Any:
-    req = urllib.request.Request(
-        f"{market.base_url}{path}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"token {market.token}"},
-        method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read())
 
 
 def test_validation_set_appraisal_values_and_cancel_and_refund(page: Page, market: Market, shot):  # type: ignore[no-untyped-def]
@@ -106,7 +93,7 @@ def test_validation_set_appraisal_values_and_cancel_and_refund(page: Page, marke
     assert market.worker is not None
     os.kill(market.worker.pid, signal.SIGSTOP)
     try:
-        second = int(post(market, "/api/jobs", {"text": text, "account": int(CONSUMER)})["job_id"])
+        second = int(market.post("/api/jobs", {"text": text, "account": int(CONSUMER)})["job_id"])
         assert second > first
         page.goto(f"/#/jobs/{second}")
         expect(page.locator("#job-state")).to_have_attribute("data-state", "pending")
