@@ -7,8 +7,9 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMPS := .make
-# Debian packages the project needs: chromium for the browser tests (driven by Playwright).
-DEBS   := chromium
+# Debian packages the project needs: chromium for the browser tests (driven by Playwright) and
+# postgresql for the index's PostgreSQL tests (the tests start their own server on loopback).
+DEBS   := chromium postgresql
 PYTEST_ARGS ?=
 
 .PHONY: help setup demo test lint typecheck unit bench clean

@@ -8,6 +8,9 @@ transaction signed locally and waited for by `Transactor`. Gas comes from
 the receipts on the embedded chain (the same EVM rules as anvil): every
 deployment (EnclaveRegistry, Marketplace, PredictionFees, bind, the
 policies) and every state-changing function, each measured on its own.
+Pools too: joining, and settling a pooled job with a tree of 10 and of
+10,000 leaves from the same state (commit + complete + finalize, which
+must not grow with the tree), and claims from the 10,000-leaf tree.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from rich.table import Table
 from sterling.chain import digests, node
 from sterling.chain.fees import PredictionFees
 from sterling.chain.marketplace import AllowListPolicy, CredentialPolicy, Marketplace
+from sterling.chain.merkle import PayoutTree
 from sterling.chain.node import Chain
+from sterling.chain.pools import Pools
 from sterling.chain.registry import EnclaveRegistry
 from sterling.chain.types import Terms
 from sterling.config import Settings
@@ -230,6 +235,116 @@ def gas_table(chain: Chain) -> dict[str, int]:
     return dict(sorted(g.used.items()))
 
 
+def _pool_settlement(
+    m: Marketplace, pools: Pools, lid: int, ctx: dict[str, Any], g: _Gas, leaves: int, members: list[str]
+) -> tuple[int, PayoutTree]:
+    """A job over the pool settled with a tree of `leaves` leaves (`members` first, then made-up
+    accounts): commit, complete and finalize, each measured under `pool ...[leaves]`."""
+    consumer, enclave = ctx["consumer"], ctx["enclave"]
+    jid = m.submit_job(
+        consumer,
+        listing_ids=[lid],
+        epsilons=[500_000],
+        max_prices=[10**17],
+        delta=10**13,
+        consumer_key=HPKE,
+        job_hash=os.urandom(32),
+        job_uri="file:///job",
+        value=10**17,
+    )
+    m.claim_job(enclave, jid)
+    payout = 10**15
+    accounts = members + [f"0x{i + 1:040x}" for i in range(leaves - len(members))]
+    payees = [(a, payout // leaves) for a in accounts]
+    tree = PayoutTree.build(job_id=jid, listing_id=lid, payees=payees)
+    g.measure(
+        f"pool commit_payouts[{leaves}]",
+        lambda: pools.commit_payouts(
+            enclave, jid, lid, root=tree.root, total=tree.total, tree_uri="file:///tree/" + "ab" * 32
+        ),
+    )
+    g.measure(
+        f"pool complete_job[{leaves}]",
+        lambda: m.complete_job(
+            enclave,
+            jid,
+            result_hash=os.urandom(32),
+            model_uri="file:///model",
+            sealed_model_key=os.urandom(80),
+            payouts=[payout],
+            spent=[400_000],
+            weights=[1],
+            receipt_hash=os.urandom(32),
+            receipt_uri="file:///receipt",
+        ),
+    )
+    g.measure(f"pool finalize[{leaves}]", lambda: pools.finalize(consumer, jid, lid))
+    return jid, tree
+
+
+def pool_gas(chain: Chain) -> dict[str, Any]:
+    """Gas of a pool: joining, and settling a job over 10 and 10,000 contributors from the same
+    state (commit + complete + finalize), then claims from the 10,000-leaf tree."""
+    g = _Gas(chain)
+    m, _, ctx = _setup(chain)
+    admin, provider = ctx["admin"], ctx["provider"]
+    pools = g.measure("deploy Pools", lambda: Pools.deploy(chain, admin, marketplace=m.address))
+    lid = g.measure(
+        "pool create_pool",
+        lambda: pools.create_pool(
+            provider,
+            data_uri="file:///pool-manifest",
+            data_hash=os.urandom(32),
+            terms=Terms(10**15, 10**16, 1_000_000),
+            epsilon_budget=10**12,
+            delta=10**13,
+        ),
+    )
+    members = chain.dev_accounts[6:9]
+    for i, who in enumerate(members):
+        g.measure(
+            f"pool join (member {i})",
+            lambda who=who: pools.join(
+                who,
+                lid,
+                uri="file:///record/" + "cd" * 32,
+                data_hash=os.urandom(32),
+                sealed_key=os.urandom(80),
+                cap=10**6,
+            ),
+        )
+    g.measure("pool leave", lambda: pools.leave(members[2], lid))
+    snap = chain.snapshot()
+    joined = [who.address for who in members[:2]]
+    _pool_settlement(m, pools, lid, ctx, g, 10, joined)
+    chain.revert(snap)
+    jid, tree = _pool_settlement(m, pools, lid, ctx, g, 10_000, joined)
+    caller = members[0]
+    for label, position in (
+        ("pool claim[10000] (first in its bitmap word)", 0),
+        ("pool claim[10000] (a later one in the word)", 1),
+    ):
+        leaf, proof = tree.leaves[position], tree.proof(position)
+        g.measure(
+            label,
+            lambda leaf=leaf, proof=proof: pools.claim(
+                caller, jid, lid, index=leaf.index, account=leaf.account, amount=leaf.amount, proof=proof
+            ),
+        )
+    g.measure("pool withdraw", lambda: pools.withdraw(members[0]))
+    used = g.used
+    settle = {
+        n: sum(used[f"pool {step}[{n}]"] for step in ("commit_payouts", "complete_job", "finalize"))
+        for n in (10, 10_000)
+    }
+    return {
+        "gas": dict(sorted(used.items())),
+        "settle_10_leaves": settle[10],
+        "settle_10000_leaves": settle[10_000],
+        "proof_length_10000": len(tree.proof(0)),
+    }
+
+
 def throughput(chain: Chain, jobs: int) -> dict[str, float]:
     m, listings, ctx = _setup(chain)
     txs = 0
@@ -244,6 +359,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     jobs = 10 if quick else 60
     embedded = node.embedded()
     gas = gas_table(embedded)
+    pooled = pool_gas(node.embedded())
     emb = throughput(node.embedded(), jobs)
     anvil_chain = node.start_anvil(Settings.from_env().require_anvil())
     try:
@@ -256,6 +372,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         "anvil_over_embedded": round(anv["tx_per_s"] / emb["tx_per_s"], 3),
         "jobs": jobs,
         "gas": gas,
+        "pools": pooled,
     }
 
 
@@ -270,4 +387,13 @@ def table(result: dict[str, Any]) -> Table:
     t.add_row("seconds", f"{e['seconds']:.2f}", f"{a['seconds']:.2f}", "")
     for call, used in result["gas"].items():
         t.add_row(f"gas: {call}", f"{used:,}", "", "")
+    pooled = result["pools"]
+    for call, used in pooled["gas"].items():
+        t.add_row(f"gas: {call}", f"{used:,}", "", "")
+    t.add_row(
+        "gas: pool settlement, 10 vs 10,000 leaves",
+        f"{pooled['settle_10_leaves']:,}",
+        f"{pooled['settle_10000_leaves']:,}",
+        f"{pooled['settle_10000_leaves'] / pooled['settle_10_leaves']:.4f}",
+    )
     return t

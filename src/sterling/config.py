@@ -30,6 +30,22 @@ def _find_anvil() -> Path | None:
     return Path(found) if found else None
 
 
+#: The enclave's default for `Settings.stream_above` (env STERLING_STREAM_ABOVE): 256 MiB.
+DEFAULT_STREAM_ABOVE = 256 << 20
+
+
+def _stream_above(raw: str | None) -> int:
+    if not raw:
+        return DEFAULT_STREAM_ABOVE
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"STERLING_STREAM_ABOVE must be a number of bytes, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"STERLING_STREAM_ABOVE must be at least 0 bytes, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where Sterling keeps its state and finds its tools."""
@@ -38,6 +54,8 @@ class Settings:
     anvil: Path | None
     rpc_url: str | None = None
     passphrase: str | None = None
+    #: Ciphertexts larger than this many bytes are streamed from disk by row, not decrypted into memory.
+    stream_above: int = DEFAULT_STREAM_ABOVE
 
     @property
     def keys_dir(self) -> Path:
@@ -63,6 +81,7 @@ class Settings:
             anvil=anvil,
             rpc_url=os.environ.get("STERLING_RPC_URL") or None,
             passphrase=os.environ.get("STERLING_PASSPHRASE") or None,
+            stream_above=_stream_above(os.environ.get("STERLING_STREAM_ABOVE")),
         )
 
     def require_anvil(self) -> Path:

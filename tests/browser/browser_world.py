@@ -181,7 +181,10 @@ class Market:
     def wait_idle(self, timeout: float = 120) -> None:
         """Until no job is pending or being trained (the worker then only polls)."""
         deadline = time.monotonic() + timeout
-        while any(j["state"] in ("pending", "claimed", "training") for j in self.api("/api/jobs")):
+        while any(
+            j["state"] in ("pending", "claimed", "training")
+            for j in self.api("/api/jobs?per_page=200")["items"]
+        ):
             if time.monotonic() > deadline:
                 raise AssertionError("jobs still running after the timeout")
             time.sleep(0.3)

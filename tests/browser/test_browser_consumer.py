@@ -139,6 +139,9 @@ def test_assemble_verify_submit_and_watch_the_job(page: Page, market: Market, sh
         assert page.evaluate(PAINTED, chart) > 500, f"{chart} drew nothing"
     expect(page.locator("#job-event-table")).to_contain_text("JobCompleted")
     expect(page.locator("#job-event-table")).to_contain_text("Payout")
+    # The events come a page at a time, newest first: the submission is on one page of them all.
+    page.goto(f"/#/jobs/{job_id}?per_page=200")
+    expect(page.locator("#job-events-pager")).to_have_attribute("data-pages", "1")
     # δ reads as a probability, not as the chain's 10⁻¹⁸ fixed point.
     submitted = page.locator('#job-event-table tr[data-event="JobSubmitted"] .args')
     expect(submitted).to_contain_text("delta=0.00001")

@@ -262,7 +262,7 @@ def test_a_broken_manifest_breaks_only_its_own_listing(fuzz_site, manifest):
     listings = site.client.get("/api/listings")
     check_answer(listings)
     assert listings.status_code == 200
-    assert 1 in [item["id"] for item in listings.json()]
+    assert 1 in [item["id"] for item in listings.json()["items"]]
     check_answer(site.client.get(f"/api/listings/{lid}"))
     check_answer(site.client.get(f"/api/listings/{lid}/preview.png"))
     doc = job_doc(site)

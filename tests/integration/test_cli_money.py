@@ -228,5 +228,5 @@ def test_provider_withdraw_takes_a_listing_off_sale_once(money: Money):
     assert out == {"listing_id": lid, "active": False, "open": False}
     assert not money.market.is_open(lid)
     assert money.market.is_open(a)  # the parent stays on sale
-    assert lid not in [x["id"] for x in money.run("listings", "--open")]
+    assert lid not in [x["id"] for x in money.run("listings", "--open")["items"]]
     money.refused(2, "already withdrawn", "provider", "withdraw", str(lid), "--dev-account", PROVIDERS[0])

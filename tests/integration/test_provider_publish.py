@@ -166,7 +166,9 @@ def test_listings_shows_schema_and_terms(market, tmp_path):
         text=True,
         check=True,
     )
-    (item,) = json.loads(out.stdout)
+    page = json.loads(out.stdout)
+    assert (page["total"], page["page"], page["pages"]) == (1, 1, 1)
+    (item,) = page["items"]
     assert item["name"] == "clinic-a"
     assert item["schema"]["modality"] == "tabular"
     assert item["budget"]["epsilon_left"] == 4.0

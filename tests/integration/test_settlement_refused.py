@@ -15,7 +15,7 @@ import pytest
 from enclave_world import make_world, tabular
 
 from sterling.chain.types import JobState
-from sterling.enclave import worker as worker_module
+from sterling.enclave import settling as settling_module
 from sterling.sdk.consumer import submit_job
 from sterling.sdk.receipts import check_receipt
 
@@ -38,7 +38,7 @@ def test_a_settlement_the_chain_refuses_fails_the_job_charges_what_ran_and_refun
     def above_escrow(**kw: Any) -> list[int]:
         return [escrow] * len(kw["prices"])  # together twice the escrow: the chain must refuse it
 
-    monkeypatch.setattr(worker_module, "payout_plan", above_escrow)
+    monkeypatch.setattr(settling_module, "payout_plan", above_escrow)
     (handled,) = world.worker.poll()
 
     assert handled.state == "failed"

@@ -142,7 +142,7 @@ def test_the_right_token_by_header(site: Site):
     assert client.get("/api/listings").status_code == 401
     r = client.get("/api/listings", headers={"Authorization": f"token {TOKEN}"})
     assert r.status_code == 200
-    assert isinstance(r.json(), list)
+    assert isinstance(r.json()["items"], list)
     r = client.post(
         "/api/verify", json={"text": "{}", "account": 1}, headers={"Authorization": f"token {TOKEN}"}
     )

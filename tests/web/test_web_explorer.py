@@ -73,19 +73,19 @@ def test_transactions_and_one_transaction_with_its_events(site: Site, listed):
 
 def test_events_newest_first_and_filtered(site: Site, listed):
     a, b = listed
-    all_events = site.client.get("/api/explorer/events").json()
+    all_events = site.client.get("/api/explorer/events", params={"per_page": 200}).json()["items"]
     names = [e["name"] for e in all_events]
     assert names[0] == "ListingPublished"
     assert names[-1] == "AdminChanged"
     blocks = [e["block"] for e in all_events]
     assert blocks == sorted(blocks, reverse=True)
-    published = site.client.get("/api/explorer/events", params={"name": "ListingPublished"}).json()
+    published = site.client.get("/api/explorer/events", params={"name": "ListingPublished"}).json()["items"]
     assert [e["args"]["listing_id"] for e in published] == [b, a]
-    only_a = site.client.get("/api/explorer/events", params={"listing_id": a}).json()
+    only_a = site.client.get("/api/explorer/events", params={"listing_id": a}).json()["items"]
     assert {e["name"] for e in only_a} == {"ListingPublished"}
     assert len(only_a) == 1
-    assert len(site.client.get("/api/explorer/events", params={"limit": 2}).json()) == 2
-    assert site.client.get("/api/explorer/events", params={"job_id": 3}).json() == []
+    assert len(site.client.get("/api/explorer/events", params={"limit": 2}).json()["items"]) == 2
+    assert site.client.get("/api/explorer/events", params={"job_id": 3}).json()["items"] == []
     assert site.client.get("/api/explorer/events", params={"job_id": "x"}).json()["field"] == "job_id"
 
 

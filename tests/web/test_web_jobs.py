@@ -69,7 +69,7 @@ def test_a_job_submitted_through_the_api_trains_settles_and_shows_its_result(sit
     assert result["appraisal"]["method"] == "row_share"
     assert result["appraisal"]["values"] is None
 
-    rows = site.client.get("/api/jobs").json()
+    rows = site.client.get("/api/jobs").json()["items"]
     assert rows == [
         {
             "id": 1,

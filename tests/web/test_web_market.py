@@ -45,7 +45,7 @@ def test_accounts_list_dev_accounts_with_balances_and_roles(site: Site, listed):
 
 def test_listings_show_terms_budget_schema_and_price_at_cap(site: Site, listed):
     a, b = listed
-    rows = site.client.get("/api/listings").json()
+    rows = site.client.get("/api/listings").json()["items"]
     assert [r["id"] for r in rows] == [a, b]
     first = rows[0]
     assert first["provider"] == site.world.providers[0].address
@@ -73,13 +73,16 @@ def test_listings_filter_and_sort(site: Site, listed):
     a, b = listed
     site.world.market.withdraw_listing(site.world.providers[0], a)
     get = site.client.get
-    assert [r["id"] for r in get("/api/listings", params={"open_only": "true"}).json()] == [b]
-    assert [r["id"] for r in get("/api/listings", params={"sort": "rows"}).json()] == [b, a]
+    assert [r["id"] for r in get("/api/listings", params={"open_only": "true"}).json()["items"]] == [b]
+    assert [r["id"] for r in get("/api/listings", params={"sort": "rows"}).json()["items"]] == [b, a]
     # price at the cap: a 3·10^15, b 3.5·10^15
-    assert [r["id"] for r in get("/api/listings", params={"sort": "price", "order": "desc"}).json()] == [b, a]
-    assert [r["id"] for r in get("/api/listings", params={"sort": "price"}).json()] == [a, b]
-    assert get("/api/listings", params={"modality": "image"}).json() == []
-    assert [r["id"] for r in get("/api/listings", params={"q": "P1"}).json()] == [b]  # names are p0, p1
+    assert [
+        r["id"] for r in get("/api/listings", params={"sort": "price", "order": "desc"}).json()["items"]
+    ] == [b, a]
+    assert [r["id"] for r in get("/api/listings", params={"sort": "price"}).json()["items"]] == [a, b]
+    assert get("/api/listings", params={"modality": "image"}).json()["items"] == []
+    found = get("/api/listings", params={"q": "P1"}).json()["items"]
+    assert [r["id"] for r in found] == [b]  # names are p0, p1
 
 
 def test_listing_filters_refuse_bad_values_naming_the_parameter(site: Site):

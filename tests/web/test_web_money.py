@@ -146,7 +146,8 @@ def test_a_provider_takes_a_listing_off_sale_once(site: Site, listed):
     assert r.status_code == 200, r.json()
     assert r.json() == {"listing_id": a, "active": False, "open": False}
     assert not site.world.market.is_open(a)
-    assert [x["id"] for x in site.client.get("/api/listings", params={"open_only": True}).json()] == [b]
+    on_sale = site.client.get("/api/listings", params={"open_only": True}).json()["items"]
+    assert [x["id"] for x in on_sale] == [b]
     r = site.client.post(f"/api/provider/listings/{a}/withdraw", json={"account": PROVIDERS[0]})
     assert r.status_code == 409
     assert "already withdrawn" in r.json()["error"]

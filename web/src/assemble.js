@@ -42,10 +42,16 @@ export async function render(page) {
     message,
   );
 
+  // Only the listings in the dataset, one request each: the market may hold far more than a page.
+  async function basketListings() {
+    const got = await Promise.all(basket().map((id) => api.get(`/api/listings/${id}`).catch((e) => (e.status === 404 ? null : Promise.reject(e)))));
+    return got.filter(Boolean);
+  }
+
   let listings = [];
   let templates = {};
   try {
-    [listings, templates] = await Promise.all([api.get("/api/listings"), api.get("/api/templates")]);
+    [listings, templates] = await Promise.all([basketListings(), api.get("/api/templates")]);
   } catch (e) {
     mount(list, errorBox(`The listings could not be loaded: ${e.message}`));
     return null;

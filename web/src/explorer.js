@@ -4,6 +4,15 @@ import { h, mount, empty, errorBox } from "./dom.js";
 import { eps, eth, money, shortHex, simulationBadge, stateBadge, term, when, badge } from "./format.js";
 import { accountPicker } from "./accounts.js";
 import { walletPanel } from "./wallet.js";
+import { pager, perPage } from "./pager.js";
+
+export const JOBS_PER_PAGE = 10;
+const EVENT_KINDS = [
+  "ListingPublished", "ListingWithdrawn", "BudgetCreated", "BudgetExhausted", "JobSubmitted", "EpsilonReserved",
+  "EpsilonReleased", "JobCancelled", "JobClaimed", "JobLeaseExtended", "JobProgress", "JobExpired", "JobCompleted",
+  "JobFailed", "Payout", "Refund", "Withdrawal", "EnclaveRegistered", "EnclaveRevoked", "PredictionsPaid",
+];
+export const EVENTS_PER_PAGE = 30;
 
 const txLink = (hash) => h("a", { class: "mono", href: `#/tx/${hash}`, title: hash }, shortHex(hash));
 const blockLink = (n) => (n === null || n === undefined ? h("span", { class: "muted" }, "pending") : h("a", { href: `#/blocks/${n}` }, String(n)));
@@ -120,7 +129,9 @@ function jobsTable(jobs) {
   );
 }
 
-export async function render(page) {
+export async function render(page, search) {
+  const jobsPerPage = perPage(search, JOBS_PER_PAGE);
+  const eventsPerPage = perPage(search, EVENTS_PER_PAGE);
   const sections = {
     enclaves: h("section", { id: "explorer-enclaves" }),
     jobs: h("section", { id: "explorer-jobs" }),
@@ -129,8 +140,13 @@ export async function render(page) {
     events: h("section", { id: "explorer-events" }),
   };
   let eventName = "";
-  const eventSelect = h("select", { id: "event-filter", "aria-label": "Show events named", onchange: (e) => { eventName = e.target.value; refresh(); } });
-  const names = new Set();
+  // Pages of jobs and events (newest first), with their totals: never the whole history at once.
+  const at = { jobs: 1, events: 1 };
+  const jobsPager = pager({ id: "jobs-pager", noun: "job", onPage: (n) => { at.jobs = n; refresh(); } });
+  const eventsPager = pager({ id: "events-pager", noun: "event", onPage: (n) => { at.events = n; refresh(); } });
+  const eventSelect = h("select", { id: "event-filter", "aria-label": "Show events named", onchange: (e) => { eventName = e.target.value; at.events = 1; refresh(); } });
+  // Every kind one can filter on, known before it appears on the page shown (pages hold few).
+  const names = new Set(EVENT_KINDS);
   // A buyer's refunds (cancelled or failed jobs, and what settlement did not spend), next to the jobs.
   const buyer = accountPicker({ id: "refund-account", label: "Buyer account", role: "consumer" });
   const refunds = walletPanel({ id: "buyer-wallet", kind: "consumer", account: () => buyer.value() });
@@ -147,6 +163,7 @@ export async function render(page) {
     h("h2", {}, term("Enclaves", "enclave")),
     sections.enclaves,
     h("h2", {}, "Jobs"),
+    jobsPager.element,
     sections.jobs,
     refunds.element,
     h("h2", {}, "Latest blocks"),
@@ -154,6 +171,7 @@ export async function render(page) {
     h("h2", {}, "Transactions"),
     sections.txs,
     h("div", { class: "section-head" }, h("h2", {}, "Marketplace events"), h("label", {}, "Show ", eventSelect)),
+    eventsPager.element,
     sections.events,
   );
 
@@ -168,7 +186,10 @@ export async function render(page) {
   async function refresh() {
     await Promise.all([
       part(sections.enclaves, () => api.get("/api/enclaves"), enclaveTable),
-      part(sections.jobs, () => api.get("/api/jobs"), (jobs) => jobsTable([...jobs].sort((a, b) => b.id - a.id))),
+      part(sections.jobs, () => api.get(`/api/jobs${query({ page: at.jobs, per_page: jobsPerPage })}`), (got) => {
+        jobsPager.draw(got);
+        return jobsTable(got.items);
+      }),
       part(sections.blocks, () => api.get("/api/explorer/blocks?limit=8"), (blocks) =>
         table("blocks", ["Block", "Time", "Transactions", "Gas used"], blocks.map((b) => h("tr", { dataset: { block: String(b.number) } }, h("td", {}, blockLink(b.number)), h("td", {}, when(b.timestamp)), h("td", {}, String(b.tx_count)), h("td", {}, Number(b.gas_used).toLocaleString("en-US")))), "No block yet."),
       ),
@@ -178,8 +199,11 @@ export async function render(page) {
         h("h3", {}, "Recorded"),
         table("mined-transactions", ["Transaction", "Block", "Action", "From", "To", "Status", "Value"], txRows(t.mined), "No transaction recorded yet."),
       ]),
-      part(sections.events, () => api.get(`/api/explorer/events${query({ name: eventName, limit: 30 })}`), (events) => {
+      part(sections.events, () => api.get(`/api/explorer/events${query({ kind: eventName, page: at.events, per_page: eventsPerPage })}`), (got) => {
+        eventsPager.draw(got);
+        const events = got.items;
         const before = names.size;
+        if (eventName) names.add(eventName);
         for (const e of events) names.add(e.name);
         if (names.size !== before || !eventSelect.options.length) {
           mount(eventSelect, h("option", { value: "" }, "all events"), [...names].sort().map((n) => h("option", { value: n, selected: n === eventName }, n)));

@@ -6,6 +6,9 @@ import { eps, ethNumber, familyName, money, shortHex, simulationBadge, stateBadg
 import { barChart, lineChart, palette } from "./charts.js";
 import { eventRows } from "./explorer.js";
 import { walletPanel } from "./wallet.js";
+import { pager, perPage } from "./pager.js";
+
+export const JOB_EVENTS_PER_PAGE = 20;
 
 const FINAL = new Set(["completed", "failed", "cancelled"]);
 const STATE_WORDS = {
@@ -17,7 +20,8 @@ const STATE_WORDS = {
   cancelled: "The job was cancelled and its escrow refunded.",
 };
 
-export async function render(page, id) {
+export async function render(page, id, search) {
+  const eventsPerPage = perPage(search, JOB_EVENTS_PER_PAGE);
   const charts = [];
   let source = null;
   const head = h("div", { id: "job-head" });
@@ -30,6 +34,8 @@ export async function render(page, id) {
   const epsChartBox = h("div", { class: "chart small" }, h("canvas", { id: "epsilon-chart" }));
   const results = h("section", { id: "job-results" });
   const events = h("section", { id: "job-events" });
+  let eventsPage = 1;
+  const eventsPager = pager({ id: "job-events-pager", noun: "event", onPage: (n) => { eventsPage = n; drawEvents(); } });
   mount(
     page,
     h("p", {}, h("a", { href: "#/explorer" }, "← Explorer")),
@@ -39,6 +45,7 @@ export async function render(page, id) {
     h("section", { class: "card wide" }, h("h2", {}, "Training progress"), progressBar, progressText, liveNote, epsChartBox),
     results,
     h("h2", {}, "What the chain recorded"),
+    eventsPager.element,
     events,
   );
 
@@ -160,15 +167,28 @@ export async function render(page, id) {
     epsChart.update("none");
   }
 
-  function drawEvents() {
-    // Heartbeats (JobProgress) are many and say what the bar above shows: count them instead of listing each.
-    const all = job.events ?? [];
-    const list = all.filter((e) => e.name !== "JobProgress");
-    const beats = all.length - list.length;
+  // One page of the job's events, newest first (a long job reports progress many times).
+  let eventsSeq = 0;
+  async function drawEvents() {
+    const mine = ++eventsSeq;
+    let got;
+    try {
+      got = await api.get(`/api/jobs/${id}/events?page=${eventsPage}&per_page=${eventsPerPage}`);
+    } catch (e) {
+      if (mine === eventsSeq) mount(events, errorBox(`The job's events could not be loaded: ${e.message}`));
+      return;
+    }
+    if (mine !== eventsSeq) return;
+    if (got.pages > 0 && got.page > got.pages) {
+      eventsPage = got.pages;
+      drawEvents();
+      return;
+    }
+    eventsPager.draw(got);
+    events.dataset.page = String(got.page);
     mount(
       events,
-      list.length ? h("table", { class: "table", id: "job-event-table" }, h("thead", {}, h("tr", {}, ["Event", "Block", "Transaction", "Details"].map((x) => h("th", {}, x)))), h("tbody", {}, eventRows(list))) : empty("No event for this job yet."),
-      beats ? h("p", { class: "muted small" }, `Plus ${beats} progress report${beats === 1 ? "" : "s"} (JobProgress) from the enclave, shown as the progress above.`) : null,
+      got.items.length ? h("table", { class: "table", id: "job-event-table" }, h("thead", {}, h("tr", {}, ["Event", "Block", "Transaction", "Details"].map((x) => h("th", {}, x)))), h("tbody", {}, eventRows(got.items))) : empty("No event for this job yet."),
     );
   }
 

@@ -13,13 +13,13 @@ import * as explorer from "./explorer.js";
 import * as job from "./job.js";
 
 const ROUTES = [
-  [/^#\/market$/, market.render, "market"],
+  [/^#\/market(?:\?(.*))?$/, market.render, "market"], // ?q=&sort=&order=&page=&per_page=: a page one can link to
   [/^#\/assemble$/, assemble.render, "assemble"],
   [/^#\/editor$/, editor.render, "editor"],
   [/^#\/provider$/, provider.render, "provider"],
   [/^#\/provider\/listings$/, seller.render, "listings"],
-  [/^#\/explorer$/, explorer.render, "explorer"],
-  [/^#\/jobs\/(\d+)$/, job.render, "explorer"],
+  [/^#\/explorer(?:\?(.*))?$/, explorer.render, "explorer"], // ?per_page= for its jobs and events
+  [/^#\/jobs\/(\d+)(?:\?(.*))?$/, job.render, "explorer"], // ?per_page= for its events
   [/^#\/tx\/(0x[0-9a-fA-F]+)$/, explorer.renderTx, "explorer"],
   [/^#\/blocks\/(\d+)$/, explorer.renderBlock, "explorer"],
 ];

@@ -1,8 +1,12 @@
-// Marketplace: every listing with its data type, rows, classes, terms, price and privacy budget left.
+// Marketplace: a page of listings at a time (search, filters, sort, "N listings" and page controls),
+// each with its data type, rows, classes, terms, price and privacy budget left.
 import { api, query } from "./api.js";
 import { h, mount, empty, errorBox } from "./dom.js";
 import { money, eps, term, badge, familyName, shortHex } from "./format.js";
 import { addToBasket, basket, onBasket, removeFromBasket } from "./store.js";
+import { MAX_PER_PAGE, pager } from "./pager.js";
+
+export const PER_PAGE = 24;
 
 const SORTS = [
   ["id", "Date listed", "desc"],
@@ -105,21 +109,50 @@ function card(listing, chosen) {
   );
 }
 
-export async function render(page) {
-  const state = { q: "", modality: "", sort: "id", order: "desc", open_only: false };
+const DEFAULTS = { q: "", modality: "", sort: "id", order: "desc", open: "", page: 1, per_page: PER_PAGE };
+
+/** The page's state from its address (`#/market?q=…&page=2`), each value checked; defaults otherwise. */
+function fromAddress(search) {
+  const got = new URLSearchParams(search ?? "");
+  const state = { ...DEFAULTS };
+  const whole = (name, hi) => {
+    const n = Math.trunc(Number(got.get(name)));
+    return Number.isFinite(n) && n >= 1 ? Math.min(n, hi) : DEFAULTS[name];
+  };
+  state.q = (got.get("q") ?? "").slice(0, 200);
+  if (SORTS.some(([k]) => k === got.get("sort"))) state.sort = got.get("sort");
+  if (["asc", "desc"].includes(got.get("order"))) state.order = got.get("order");
+  if (["tabular", "image"].includes(got.get("modality"))) state.modality = got.get("modality");
+  if (got.get("open") === "true") state.open = "true";
+  state.page = whole("page", Number.MAX_SAFE_INTEGER);
+  state.per_page = whole("per_page", MAX_PER_PAGE);
+  return state;
+}
+
+/** Keeps the address in step with the page (no reload, no history entry per keystroke). */
+function toAddress(state) {
+  const changed = Object.fromEntries(Object.entries(state).filter(([k, v]) => v !== DEFAULTS[k]));
+  history.replaceState(null, "", `#/market${query(changed)}`);
+}
+
+export async function render(page, address) {
+  const state = fromAddress(address);
   const grid = h("div", { class: "grid", id: "listings" });
+  const top = pager({ id: "listings-pager", noun: "listing", onPage: (n) => set({ page: n }, false) });
+  const bottom = pager({ id: "listings-pager-bottom", noun: "listing", onPage: (n) => set({ page: n }, false) });
   const modalities = new Set(["tabular", "image"]);
   const modalitySelect = h("select", { id: "filter-modality", "aria-label": "Data type", onchange: (e) => set({ modality: e.target.value }) });
   const sortSelect = h(
     "select",
     { id: "sort", "aria-label": "Sort by", onchange: (e) => set({ sort: e.target.value, order: SORTS.find(([k]) => k === e.target.value)[2] }) },
-    SORTS.map(([k, label]) => h("option", { value: k }, label)),
+    SORTS.map(([k, label]) => h("option", { value: k, selected: k === state.sort }, label)),
   );
   const orderButton = h("button", { class: "secondary", id: "order", title: "Reverse the order", onclick: () => set({ order: state.order === "asc" ? "desc" : "asc" }) });
   let timer = null;
   const search = h("input", {
     type: "search",
     id: "filter-q",
+    value: state.q,
     placeholder: "Search names, classes…",
     "aria-label": "Search",
     oninput: (e) => {
@@ -127,7 +160,7 @@ export async function render(page) {
       timer = setTimeout(() => set({ q: e.target.value.trim() }), 250);
     },
   });
-  const openOnly = h("input", { type: "checkbox", id: "filter-open", onchange: (e) => set({ open_only: e.target.checked }) });
+  const openOnly = h("input", { type: "checkbox", id: "filter-open", checked: state.open === "true", onchange: (e) => set({ open: e.target.checked ? "true" : "" }) });
 
   mount(
     page,
@@ -148,7 +181,9 @@ export async function render(page) {
       h("label", { class: "check" }, openOnly, " Only open listings"),
       h("a", { class: "button primary", href: "#/assemble", id: "go-assemble" }, "Your dataset →"),
     ),
+    top.element,
     grid,
+    bottom.element,
   );
 
   function fillModalities() {
@@ -161,14 +196,18 @@ export async function render(page) {
 
   let seq = 0;
   let listings = [];
+  let envelope = { items: [], total: 0, page: 1, pages: 0 };
   async function load() {
     const mine = ++seq;
     orderButton.textContent = state.order === "asc" ? "↑ ascending" : "↓ descending";
+    toAddress(state);
     try {
       const got = await api.get(`/api/listings${query(state)}`);
       if (mine !== seq) return;
-      listings = got;
-      for (const l of got) modalities.add(l.modality);
+      if (got.pages > 0 && got.page > got.pages) return set({ page: got.pages }, false); // the list shrank
+      envelope = got;
+      listings = got.items;
+      for (const l of listings) if (l.modality) modalities.add(l.modality);
       fillModalities();
       draw();
     } catch (e) {
@@ -178,8 +217,11 @@ export async function render(page) {
 
   function draw() {
     grid.dataset.loaded = String(seq);
+    top.draw(envelope);
+    bottom.draw(envelope);
+    bottom.element.hidden = envelope.pages <= 1;
     if (!listings.length) {
-      const filtered = state.q || state.modality || state.open_only;
+      const filtered = state.q || state.modality || state.open;
       mount(
         grid,
         filtered
@@ -192,9 +234,11 @@ export async function render(page) {
     mount(grid, listings.map((l) => card(l, chosen)));
   }
 
-  function set(change) {
-    Object.assign(state, change);
+  // A new search, filter or sort starts again at page 1; moving between pages keeps the rest.
+  function set(change, fromStart = true) {
+    Object.assign(state, change, fromStart ? { page: 1 } : {});
     load();
+    if (!fromStart) top.element.scrollIntoView?.({ block: "nearest" });
   }
 
   const off = onBasket(() => draw());

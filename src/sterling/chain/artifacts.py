@@ -20,7 +20,14 @@ from sterling.errors import ConfigError
 CONTRACTS_DIR = Path(__file__).parent / "contracts"
 ARTIFACTS_DIR = Path(__file__).parent / "artifacts"
 #: The contracts that are deployed (interfaces are compiled into them).
-CONTRACTS = ("EnclaveRegistry", "Marketplace", "PredictionFees", "AllowListPolicy", "CredentialPolicy")
+CONTRACTS = (
+    "EnclaveRegistry",
+    "Marketplace",
+    "PredictionFees",
+    "AllowListPolicy",
+    "CredentialPolicy",
+    "Pools",
+)
 EVM_VERSION = "cancun"
 
 

@@ -1,7 +1,7 @@
 """Deployments: deploy Sterling's contracts once, record where, reuse them after restarts.
 
 A deployment is three contracts: the EnclaveRegistry, the Marketplace and
-PredictionFees, bound together (`Marketplace.deploy`). A state folder holds
+PredictionFees, bound together (`Marketplace.deploy`), and Pools beside them. A state folder holds
 ``deployment.json`` (chain id, addresses, block). When a recorded deployment
 is still on the same chain, with the registry bound to its Marketplace, it is
 reused; otherwise a fresh one is deployed and recorded (written atomically).
@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from eth_account import Account
@@ -20,6 +20,7 @@ from eth_account.signers.local import LocalAccount
 
 from sterling.chain.marketplace import Marketplace
 from sterling.chain.node import Chain
+from sterling.chain.pools import Pools
 from sterling.errors import DeploymentNotFound, UsageError
 from sterling.files import atomic_write
 
@@ -36,6 +37,7 @@ class Deployment:
     block: int
     registry: str = ""
     prediction_fees: str = ""
+    pools: str = ""
 
     def save(self, state_dir: Path) -> Path:
         path = state_dir / DEPLOYMENT_FILE
@@ -57,6 +59,7 @@ class Deployment:
                 block=int(data["block"]),
                 registry=str(data.get("registry", "")),
                 prediction_fees=str(data.get("prediction_fees", "")),
+                pools=str(data.get("pools", "")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{path} is not a valid deployment record: {exc}") from exc
@@ -96,6 +99,10 @@ def ensure_deployment(
         if recorded.chain_id == chain.chain_id and recorded.registry:
             with contextlib.suppress(DeploymentNotFound):
                 Marketplace.at(chain, recorded.marketplace)
+                if not recorded.pools:  # recorded before Pools existed: add it beside the others
+                    pools = Pools.deploy(chain, deployer, marketplace=recorded.marketplace)
+                    recorded = replace(recorded, pools=pools.address)
+                    recorded.save(state_dir)
                 return recorded, True
     signer = attestation_signer or simulated_platform_key(state_dir).address
     market = Marketplace.deploy(
@@ -109,6 +116,7 @@ def ensure_deployment(
         block=int(chain.w3.eth.block_number),
         registry=market.registry.address,
         prediction_fees=market.fees.address,
+        pools=Pools.deploy(chain, deployer, marketplace=market.address).address,
     )
     deployment.save(state_dir)
     return deployment, False

@@ -25,6 +25,7 @@ from sterling.chain.contract import ContractClient, as_bytes
 from sterling.chain.fees import PredictionFees
 from sterling.chain.node import Chain
 from sterling.chain.policies import AllowListPolicy, CredentialPolicy
+from sterling.chain.pools import Pools
 from sterling.chain.registry import EnclaveRegistry
 from sterling.chain.types import (
     ZERO32,
@@ -44,6 +45,9 @@ __all__ = ["AllowListPolicy", "CredentialPolicy", "EnclaveRegistry", "Marketplac
 
 class Marketplace(ContractClient):
     artifact_name = "Marketplace"
+    #: The Pools contract beside this Marketplace, when the caller knows it (a deployment records
+    #: it); a pool listing names its Pools contract itself, as its provider.
+    pools: Pools | None = None
 
     @classmethod
     def deploy(

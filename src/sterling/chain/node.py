@@ -204,6 +204,7 @@ class AnvilNode:
         state_interval: int = 1,
         chain_id: int = 31337,
         block_time: float | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.binary = binary
         self.host = host
@@ -212,6 +213,8 @@ class AnvilNode:
         self.state_interval = state_interval
         self.chain_id = chain_id
         self.block_time = block_time
+        #: More anvil options (e.g. a benchmark's ``--no-mining``, ``--disable-block-gas-limit``).
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -233,6 +236,7 @@ class AnvilNode:
         ]  # fmt: skip
         if self.block_time:
             args += ["--block-time", str(self.block_time)]
+        args += list(self.extra_args)
         log_path = os.devnull
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)

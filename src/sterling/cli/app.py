@@ -14,9 +14,11 @@ from sterling.cli import (
     data,
     demo,
     enclave,
+    index,
     job,
     keys,
     model,
+    pool,
     privacy,
     provider,
     serve,
@@ -43,7 +45,9 @@ app.add_typer(enclave.app, name="enclave")
 app.add_typer(model.app, name="model")
 app.add_typer(privacy.app, name="privacy")
 app.add_typer(provider.app, name="provider")
+app.add_typer(pool.app, name="pool")
 app.add_typer(account.app, name="account")
+app.add_typer(index.app, name="index")
 app.command("listings")(provider.listings)
 app.command("bench")(bench.bench)
 app.command("demo")(demo.demo)

@@ -8,6 +8,7 @@ render them for people. `--format json` prints the dict as one JSON line.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 from types import ModuleType
 from typing import Annotated, Any
@@ -63,6 +64,15 @@ def bench(
     ],
     fmt: FormatOpt = Format.text,
     quick: Annotated[bool, typer.Option("--quick", help="A smaller run, for smoke tests.")] = False,
+    listings: Annotated[
+        int | None, typer.Option("--listings", help="Listings to publish (benchmarks that take it).")
+    ] = None,
+    events: Annotated[
+        int | None, typer.Option("--events", help="Events to reach on chain (benchmarks that take it).")
+    ] = None,
+    rows: Annotated[
+        int | None, typer.Option("--rows", help="Rows of data to train on (benchmarks that take it).")
+    ] = None,
 ) -> None:
     """Run a benchmark and print its figures side by side (`--format json` for scripts)."""
     if name == "list":
@@ -70,7 +80,12 @@ def bench(
             console.print(n)
         return
     module = load(name)
-    result: dict[str, Any] = module.run(quick=quick)
+    sizes = {k: v for k, v in {"listings": listings, "events": events, "rows": rows}.items() if v is not None}
+    takes = inspect.signature(module.run).parameters
+    unknown = [f"--{k}" for k in sizes if k not in takes]
+    if unknown:
+        raise UsageError(f"benchmark {name!r} does not take {', '.join(unknown)}")
+    result: dict[str, Any] = module.run(quick=quick, **sizes)
     if fmt is Format.json:
         emit_json(result)
         return

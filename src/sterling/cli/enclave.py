@@ -101,7 +101,7 @@ def _worker(
         tee,
         state_dir / "enclave",
         BlobStore(store or settings.store_url),
-        options=WorkerOptions(name=name, poll_seconds=poll),
+        options=WorkerOptions(name=name, poll_seconds=poll, stream_above=settings.stream_above),
         log=_log,
     )
 

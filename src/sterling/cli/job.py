@@ -24,6 +24,7 @@ from sterling.cli.common import (
     emit_json,
     signer,
 )
+from sterling.cli.index import IndexUrlOpt, open_index
 from sterling.config import Settings
 from sterling.errors import UsageError
 
@@ -152,12 +153,15 @@ def submit(
     identity: IdentityOpt = None,
     dev_account: DevAccountOpt = None,
     passphrase_file: PassphraseOpt = None,
+    index_url: IndexUrlOpt = None,
     fmt: FormatOpt = Format.text,
 ) -> None:
     """Verify a job, seal it to the enclave, escrow its price and submit it (reserving ε atomically).
 
     Nothing is stored or paid if the verifier finds a violation; the escrow is exactly the
     price the chain quotes you (policy contracts included), never above the job's payment cap.
+    The enclaves to choose from are read from the market index (synced first), so a submission
+    costs the same however long the chain's history.
     """
     from sterling.privacy.job import Job
     from sterling.sdk.consumer import JobRejected, submit_job
@@ -168,7 +172,9 @@ def submit(
     job = Job.parse(_read_json(job_file, "job"), source=str(job_file))
     market = connect_market(settings, rpc_url, marketplace, state)
     account, x25519 = consumer_keys(settings, market, identity, dev_account, passphrase_file)
+    index = open_index(settings, index_url)
     try:
+        index.sync(market)
         result = submit_job(
             market,
             account,
@@ -177,12 +183,15 @@ def submit(
             BlobStore(store or settings.store_url),
             enclave=enclave,
             trust=TrustFile.in_home(settings.home).load(),
+            index=index,
         )
     except JobRejected as exc:
         if fmt is Format.json:
             emit_json({"job_hash": "0x" + job.job_hash().hex(), **exc.report.to_json()})
             raise typer.Exit(1) from None
         raise
+    finally:
+        index.close()
     if fmt is Format.json:
         emit_json(result.to_json())
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -23,8 +23,12 @@ from sterling.cli.common import (
     emit_json,
     signer,
 )
+from sterling.cli.index import IndexUrlOpt, open_index
 from sterling.config import Settings
-from sterling.errors import SterlingError, UsageError
+
+if TYPE_CHECKING:
+    from sterling.index import ListingRow
+from sterling.errors import UsageError
 
 app = typer.Typer(help="Publish datasets for sale (the provider's side).", no_args_is_help=True)
 
@@ -166,38 +170,52 @@ def publish(
     )
 
 
-def _manifest_or_none(uri: str) -> dict[str, Any] | None:
-    from sterling.storage.manifest import read_manifest
-
-    try:
-        return read_manifest(uri)
-    except (SterlingError, OSError, ValueError):
-        return None
-
-
 def listings(
     open_only: Annotated[bool, typer.Option("--open", help="Only listings on sale now.")] = False,
+    search: Annotated[
+        str, typer.Option("--search", "-q", help="Full-text search over names, descriptions and classes.")
+    ] = "",
+    class_name: Annotated[str | None, typer.Option("--class", help="Only listings with this class.")] = None,
+    provider: Annotated[str | None, typer.Option("--provider", help="Only this provider's listings.")] = None,
+    sort: Annotated[str, typer.Option("--sort", help="id, price, published, epsilon_left or rows.")] = "id",
+    descending: Annotated[bool, typer.Option("--desc", help="Largest first.")] = False,
+    page: Annotated[int, typer.Option("--page", help="The page, from 1.")] = 1,
+    per_page: Annotated[int, typer.Option("--per-page", help="Listings per page, at most 200.")] = 50,
     rpc_url: RpcUrlOpt = None,
     marketplace: MarketplaceOpt = None,
     state: ChainStateOpt = None,
+    index_url: IndexUrlOpt = None,
     fmt: FormatOpt = Format.text,
 ) -> None:
-    """List what is on sale: terms, ε left, and each dataset's public schema (from its manifest)."""
-    market = connect_market(Settings.from_env(), rpc_url, marketplace, state)
-    rows = []
-    for listing in market.listings(open_only=open_only):
-        item = listing.to_json()
-        manifest = _manifest_or_none(listing.data_uri)
-        item["name"] = manifest.get("name") if manifest else None
-        item["schema"] = manifest.get("schema") if manifest else None
-        rows.append(item)
+    """List what is on sale, a page at a time: terms, ε left, each dataset's public schema.
+
+    Read from the market index (synced first), so a page costs the same at any market size.
+    """
+    from sterling.index import ListingQuery
+
+    query = ListingQuery(
+        q=search, provider=provider, open_only=open_only, class_name=class_name, sort=sort,
+        descending=descending, page=page, per_page=per_page,
+    )  # fmt: skip
+    settings = Settings.from_env()
+    market = connect_market(settings, rpc_url, marketplace, state)
+    index = open_index(settings, index_url)
+    try:
+        index.sync(market)
+        found = index.listings(query)
+    finally:
+        index.close()
+    doc = found.map(_listing_json)
     if fmt is Format.json:
-        emit_json(rows)
+        emit_json(doc)
         return
-    table = Table(title=f"listings on chain {market.chain.chain_id}")
+    table = Table(
+        title=f"listings on chain {market.chain.chain_id}: page {found.page} of {max(1, found.pages)}, "
+        f"{found.total} in all"
+    )
     for col in ("id", "name", "modality", "rows", "wei/job", "wei/ε", "ε cap", "ε left", "open"):
         table.add_column(col, justify="left" if col in ("name", "modality") else "right")
-    for r in rows:
+    for r in doc["items"]:
         schema = r["schema"] or {}
         table.add_row(
             str(r["id"]),
@@ -211,6 +229,13 @@ def listings(
             "yes" if r["open"] else "no",
         )
     console.print(table)
+
+
+def _listing_json(row: ListingRow) -> dict[str, Any]:
+    item = row.listing.to_json()
+    item["name"] = row.manifest.get("name") if row.manifest else None
+    item["schema"] = row.manifest.get("schema") if row.manifest else None
+    return item
 
 
 ListingArg = Annotated[int, typer.Argument(help="The listing's id on chain.", min=1)]

@@ -18,6 +18,7 @@ from sterling.cli.common import (
     console,
     emit_json,
 )
+from sterling.cli.index import IndexUrlOpt
 from sterling.config import Settings
 from sterling.errors import UsageError
 
@@ -67,6 +68,7 @@ def serve(
             "characters; it shows in the process list).",
         ),
     ] = None,
+    index_url: IndexUrlOpt = None,
     fmt: FormatOpt = Format.text,
 ) -> None:
     """Serve the web app: the JSON API under /api (schema at /openapi.json) and the pages at /.
@@ -83,6 +85,9 @@ def serve(
     browser, and scripts send `Authorization: token TOKEN` instead (--token picks the token).
     Requests under any host name but loopback and the --allow-remote names are refused, and so are
     state-changing requests from another site's pages (their Origin is not this server's).
+
+    Lists are read from the market index (--index-url or $STERLING_INDEX_URL; default SQLite in
+    $STERLING_HOME), which the server keeps in step with the chain.
     """
     import socket
 
@@ -107,6 +112,7 @@ def serve(
         state=state,
         store=store,
         max_upload_mb=max_upload_mb,
+        index_url=index_url,
     )
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

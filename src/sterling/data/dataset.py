@@ -98,6 +98,19 @@ class Schema:
             raise DatasetError(f"invalid schema: {type(exc).__name__}: {exc}") from None
 
 
+def schema_from_array(schema_raw: np.ndarray, *, source: str) -> Schema:
+    """The schema stored in a canonical .npz (its `schema` array: JSON as uint8 bytes)."""
+    if schema_raw.dtype != np.uint8 or schema_raw.ndim != 1:
+        raise DatasetError(f"{source}: schema array is not JSON bytes")
+    if too_deep(schema_raw.tobytes()) is not None:
+        raise DatasetError(f"{source}: schema JSON nests deeper than {MAX_DEPTH} levels")
+    try:
+        doc = json.loads(schema_raw.tobytes().decode())
+    except (UnicodeDecodeError, ValueError):
+        raise DatasetError(f"{source}: schema is not valid JSON") from None
+    return Schema.from_json(doc)
+
+
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """Features of shape (rows, *schema.shape), int64 labels in [0, len(classes))."""
@@ -149,15 +162,7 @@ class Dataset:
             raise
         except NPZ_ERRORS as exc:
             raise DatasetError(f"{source}: not a canonical dataset ({type(exc).__name__})") from None
-        if schema_raw.dtype != np.uint8 or schema_raw.ndim != 1:
-            raise DatasetError(f"{source}: schema array is not JSON bytes")
-        if too_deep(schema_raw.tobytes()) is not None:
-            raise DatasetError(f"{source}: schema JSON nests deeper than {MAX_DEPTH} levels")
-        try:
-            doc = json.loads(schema_raw.tobytes().decode())
-        except (UnicodeDecodeError, ValueError):
-            raise DatasetError(f"{source}: schema is not valid JSON") from None
-        return cls(features, labels, Schema.from_json(doc))
+        return cls(features, labels, schema_from_array(schema_raw, source=source))
 
     def write_canonical(self, path: Path) -> None:
         path.write_bytes(self.to_bytes())

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -96,6 +96,44 @@ class KeyManager:
 
     def data_key(self, market: Marketplace, job_id: int, listing: Listing, *, worker: str) -> bytes:
         """The data key of `listing`, only for an approved job the chain shows claimed by `worker`."""
+        self._may_release(market, job_id, listing, worker=worker)
+        binding = seal.data_key_binding(
+            market.chain.chain_id, market.address, listing.data_hash, provider=listing.provider
+        )
+        try:
+            return seal.unseal(listing.sealed_key, self._private, binding)
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"listing {listing.id}: its sealed data key does not open here ({exc})"
+            ) from None
+
+    def record_keys(
+        self,
+        market: Marketplace,
+        job_id: int,
+        listing: Listing,
+        records: Sequence[tuple[str, bytes, bytes]],
+        *,
+        worker: str,
+    ) -> list[bytes | None]:
+        """The keys of contributors' records (contributor, data hash, sealed key) in pool `listing`,
+        under the same rule as `data_key`; None for a record whose key does not open here.
+
+        A record's key is bound to its ciphertext and to the contributor who joined with it, as a
+        provider's is: a copy joined by anyone else does not open.
+        """
+        self._may_release(market, job_id, listing, worker=worker)
+        chain_id = market.chain.chain_id
+        keys: list[bytes | None] = []
+        for contributor, data_hash, sealed_key in records:
+            binding = seal.data_key_binding(chain_id, market.address, data_hash, provider=contributor)
+            try:
+                keys.append(seal.unseal(sealed_key, self._private, binding))
+            except IntegrityError:
+                keys.append(None)
+        return keys
+
+    def _may_release(self, market: Marketplace, job_id: int, listing: Listing, *, worker: str) -> None:
         if (market.address, job_id) not in self._approved:
             raise EnclaveError(f"job {job_id} has not passed verification here: no data key is released")
         job = market.job(job_id)
@@ -107,12 +145,3 @@ class KeyManager:
             )
         if listing.id not in job.listing_ids:
             raise EnclaveError(f"job {job_id} does not use listing {listing.id}: no data key is released")
-        binding = seal.data_key_binding(
-            market.chain.chain_id, market.address, listing.data_hash, provider=listing.provider
-        )
-        try:
-            return seal.unseal(listing.sealed_key, self._private, binding)
-        except IntegrityError as exc:
-            raise IntegrityError(
-                f"listing {listing.id}: its sealed data key does not open here ({exc})"
-            ) from None

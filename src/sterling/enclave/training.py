@@ -33,120 +33,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from sterling.appraisal import AppraisalData, AppraisalResult, RowShare
 from sterling.appraisal.screening import LabelAgreement, Screening
 from sterling.crypto.entropy import SecretRandom
 from sterling.data.dataset import Dataset
+from sterling.data.rows import RowSource
 from sterling.enclave.checkpoints import Checkpoints
+from sterling.enclave.ledger import Ledger
 from sterling.enclave.metrics import metrics_of, private_metrics
+from sterling.enclave.split import split
 from sterling.errors import UsageError
 from sterling.privacy.bundle import ModelBundle
 from sterling.privacy.dpsgd import DPSGD, TrainResult
-from sterling.privacy.features import to_model_input
-from sterling.privacy.graph import input_shape
 from sterling.privacy.job import Job
-from sterling.privacy.mechanisms import DiscreteLaplace, DpSgd, Gaussian, Mechanism
+from sterling.privacy.mechanisms import DiscreteLaplace, Gaussian, Mechanism
 from sterling.privacy.plan import TrainingPlan
 
 Progress = Callable[[int], None]  # the public step reached (of `plan.schedule_steps`)
 Keep = Callable[[dict[str, float]], list[int]]  # the consumer contract's hook: values → listing ids kept
-
-
-@dataclass
-class Split:
-    """Training rows from every listing, and where evaluation happens."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    owner: np.ndarray  # index into the job's listings, per training row
-    x_eval: torch.Tensor
-    y_eval: torch.Tensor
-    eval_is_private: bool
-    in_shape: tuple[int, ...]
-    classes: tuple[str, ...]
-
-    def rows_of(self, kept: Sequence[bool]) -> torch.Tensor:
-        """A mask of the training rows whose provider is kept."""
-        return torch.from_numpy(np.isin(self.owner, [i for i, k in enumerate(kept) if k]))
-
-
-def split(job: Job, datasets: Sequence[Dataset], validation: Dataset | None = None) -> Split:
-    """Pool the listings' rows and hold out `holdout_fraction` of them, exactly as the verifier counted.
-
-    The held-out rows are a permutation of positions seeded by the job: under replace-one adjacency
-    (public counts) a replaced row stays on its side of the split.
-    """
-    if not datasets:
-        raise UsageError("a job needs at least one dataset")
-    schema = datasets[0].schema
-    in_shape = input_shape(schema.shape, schema.modality)
-    features = np.concatenate([d.features for d in datasets])
-    labels = np.concatenate([d.labels for d in datasets])
-    owner = np.concatenate([np.full(d.schema.rows, i) for i, d in enumerate(datasets)])
-    rows = len(labels)
-    train_rows = int(rows * (1 - job.evaluation.holdout_fraction))
-    perm = np.random.default_rng(job.training.seed).permutation(rows)
-    train_idx, hold_idx = np.sort(perm[:train_rows]), np.sort(perm[train_rows:])
-    if validation is not None:
-        if validation.schema.shape != schema.shape or validation.schema.classes != schema.classes:
-            raise UsageError(
-                f"the validation set holds {validation.schema.shape} with classes "
-                f"{list(validation.schema.classes)}, unlike the listings' {schema.shape}, "
-                f"{list(schema.classes)}"
-            )
-        x_eval, y_eval, private = validation.features, validation.labels, False
-    else:
-        x_eval, y_eval, private = features[hold_idx], labels[hold_idx], True
-    return Split(
-        x_train=to_model_input(features[train_idx], in_shape),
-        y_train=torch.from_numpy(labels[train_idx]),
-        owner=owner[train_idx],
-        x_eval=to_model_input(x_eval, in_shape),
-        y_eval=torch.from_numpy(np.asarray(y_eval)),
-        eval_is_private=private,
-        in_shape=in_shape,
-        classes=schema.classes,
-    )
-
-
-# ------------------------------------------------------------------------ ledger
-
-
-@dataclass
-class _Run:
-    template: DpSgd
-    steps: int = 0
-
-
-@dataclass
-class Ledger:
-    """Every mechanism that has run on each listing's data so far: the charge if the job ended now."""
-
-    parts: int
-    prior: tuple[Mechanism, ...] = ()
-    _entries: list[tuple[Mechanism | _Run, frozenset[int]]] = field(default_factory=list)
-
-    def released(self, m: Mechanism, who: Sequence[int] | None = None) -> None:
-        self._entries.append((m, frozenset(range(self.parts) if who is None else who)))
-
-    def run(self, template: DpSgd, who: Sequence[int] | None = None) -> _Run:
-        """A DP-SGD run starting on `who`'s data; its step count grows as the run goes."""
-        entry = _Run(template)
-        self._entries.append((entry, frozenset(range(self.parts) if who is None else who)))
-        return entry
-
-    def mechanisms(self) -> list[list[Mechanism]]:
-        out: list[list[Mechanism]] = [list(self.prior) for _ in range(self.parts)]
-        for m, who in self._entries:
-            item = m.template.prefix(m.steps) if isinstance(m, _Run) else m
-            if isinstance(item, DpSgd) and item.steps == 0:
-                continue
-            for i in sorted(who):
-                out[i].append(item)
-        return out
 
 
 # ---------------------------------------------------------------------- outcome
@@ -185,7 +91,7 @@ class Training:
         self,
         job: Job,
         plan: TrainingPlan,
-        datasets: Sequence[Dataset],
+        datasets: Sequence[Dataset | RowSource],
         *,
         listing_ids: Sequence[int],
         rng: SecretRandom,
@@ -209,9 +115,24 @@ class Training:
                 f"{len(self.data.y_train)} training rows, but the plan counted {plan.train_rows}"
             )
         self.parts = len(datasets)
+        if self.data.stream is not None:
+            self._check_streamable()
         self.ledger = Ledger(self.parts, tuple(prior))
         self.reserved = reserved_epsilon
         self.steps = self._allowed_steps()
+
+    def _check_streamable(self) -> None:
+        """Refuse, before anything runs, what streamed data cannot do yet (passes needing all rows)."""
+        unsupported = [
+            n for n in ("appraisal.values", "appraisal.screening", "attribution") if self.plan.release(n)
+        ]
+        if self.job.training.oblivious:
+            unsupported.append("oblivious training")
+        if unsupported:
+            raise UsageError(
+                f"a dataset streamed from storage (larger than the in-memory limit) cannot use "
+                f"{', '.join(unsupported)} yet"
+            )
 
     # ---- the budget: a takeover that must also pay for what an earlier holder released
 
@@ -272,11 +193,6 @@ class Training:
         offset: int,
     ) -> TrainResult:
         """Train `engine` (on the rows in `rows`, or all) up to step `until`, reporting public steps."""
-        x, y = (
-            (self.data.x_train, self.data.y_train)
-            if rows is None
-            else (self.data.x_train[rows], self.data.y_train[rows])
-        )
 
         def on_step(log: Any) -> None:
             entry.steps = log.step
@@ -285,6 +201,15 @@ class Training:
             if picker is not None:
                 picker.seen(engine.model, log.step)
 
+        stream = self.data.stream
+        if stream is not None:
+            train = stream.train if rows is None else stream.train.subset(rows)
+            return engine.fit_rows(train, on_step=on_step, until=until)
+        x, y = (
+            (self.data.x_train, self.data.y_train)
+            if rows is None
+            else (self.data.x_train[rows], self.data.y_train[rows])
+        )
         return engine.fit(x, y, on_step=on_step, until=until)
 
     def _appraisal_data(self) -> AppraisalData:
@@ -377,9 +302,13 @@ class Training:
         ]
         if not releases or not len(d.y_eval):
             return {}
+        x_eval = d.x_eval
+        if d.stream is not None and d.stream.held_out is not None:
+            # Streamed rows: the model's outputs in batches, then the same release on them.
+            model, x_eval = torch.nn.Identity(), d.stream.held_out.logits(model)
         out = private_metrics(
             model,
-            d.x_eval,
+            x_eval,
             d.y_eval,
             loss=self.job.model.loss,
             releases=releases,

@@ -29,6 +29,11 @@ per step); off that event the step is exactly the Poisson one. For logistic
 regression, whose per-example terms are two small matrix products, it is
 cheaper to skip the gather and weight every row by its 0/1 sampling mask.
 
+Streamed data (`fit_rows`) is sampled the same way over row indices; only the
+sampled rows are gathered (`Rows.take`) and the step is the same clipping and
+noise, so the accounting is unchanged. Oblivious mode needs every row each
+step and is refused there.
+
 What depends on the data alone (‖x_i‖² for logistic regression; the rows with
 their labels as one matrix for the oblivious gather) is computed once per
 dataset and reused while `step` is given the same, unmodified tensors.
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -124,6 +130,16 @@ def _weighted_rows(s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     if whole < n:
         out += s[whole:].T @ a[whole:]
     return out
+
+
+class Rows(Protocol):
+    """Training rows gathered by index (a dataset streamed from storage, `sterling.data.rows`)."""
+
+    def __len__(self) -> int: ...
+
+    def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model inputs and labels of the rows at `index` (ascending)."""
+        ...
 
 
 @dataclass
@@ -341,6 +357,29 @@ class DPSGD:
         if mask.device != x.device:
             mask = mask.to(x.device)
         xb, yb, weight, sq = self._batch(x, y, mask)
+        return self._update(xb, yb, weight, sq, batch=int(mask.sum()), rows=len(x))
+
+    def step_rows(self, rows: Rows) -> StepLog:
+        """One step over rows gathered by index (`Rows`): the same sampling, clipping and noise as `step`."""
+        if self.oblivious:
+            raise UsageError(
+                "data-oblivious training reads every row each step; it needs the data in memory, not streamed"
+            )
+        mask = self._sample(len(rows))
+        xb, yb = rows.take(mask.nonzero().squeeze(1))
+        return self._update(xb.to(self.device), yb.to(self.device), None, None, batch=len(xb), rows=len(rows))
+
+    def _update(
+        self,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        weight: torch.Tensor | None,
+        sq: torch.Tensor | None,
+        *,
+        batch: int,
+        rows: int,
+    ) -> StepLog:
+        """Clip, sum, add the noise drawn from the secret stream, and take the optimiser's step."""
         self.model.train()
         if len(xb):
             summed, loss = self._clipped_sum(xb, yb, weight, sq)
@@ -348,14 +387,14 @@ class DPSGD:
             summed, loss = [torch.zeros_like(p) for p in self.params], 0.0
         # One draw of N(0, 1) for every parameter at once, from the secret stream, scaled by σC.
         noise = self.rng.normal(sum(self.sizes))
-        if noise.device != x.device:
-            noise = noise.to(x.device)
-        expected = self.q * len(x)
+        if noise.device != self.device:
+            noise = noise.to(self.device)
+        expected = self.q * rows
         for p, g, z in zip(self.params, summed, torch.split(noise, self.sizes), strict=True):
             p.grad = g.reshape(p.shape).add(z.view(p.shape), alpha=self.sigma * self.clip).div_(expected)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return StepLog(step=0, batch_size=int(mask.sum()), loss=loss)
+        return StepLog(step=0, batch_size=batch, loss=loss)
 
     def fit(
         self,
@@ -374,6 +413,28 @@ class DPSGD:
         steps taken, `epsilon_limit` bounding the whole run. `result.steps` counts them all.
         """
         x, y = x.to(self.device), y.to(self.device)
+        return self._loop(lambda: self.step(x, y), epsilon_limit, delta, on_step, until)
+
+    def fit_rows(
+        self,
+        rows: Rows,
+        *,
+        epsilon_limit: float | None = None,
+        delta: float = 1e-5,
+        on_step: Callable[[StepLog], None] | None = None,
+        until: int | None = None,
+    ) -> TrainResult:
+        """`fit` over rows gathered by index each step (a dataset streamed from its container)."""
+        return self._loop(lambda: self.step_rows(rows), epsilon_limit, delta, on_step, until)
+
+    def _loop(
+        self,
+        one: Callable[[], StepLog],
+        epsilon_limit: float | None,
+        delta: float,
+        on_step: Callable[[StepLog], None] | None,
+        until: int | None,
+    ) -> TrainResult:
         allowed = self.steps
         if epsilon_limit is not None:
             allowed = max_steps_within(
@@ -382,7 +443,7 @@ class DPSGD:
         last = allowed if until is None else min(allowed, max(0, until))
         result = TrainResult(steps=self.taken, stopped_by_budget=allowed < self.steps)
         for t in range(self.taken, last):
-            log = self.step(x, y)
+            log = one()
             log.step = t + 1
             result.log.append(log)
             result.steps = self.taken = t + 1

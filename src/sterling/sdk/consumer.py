@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account.signers.local import LocalAccount
@@ -20,9 +20,13 @@ from sterling.privacy.bundle import ModelBundle
 from sterling.privacy.job import Job
 from sterling.privacy.plan import TrainingPlan
 from sterling.privacy.verifier import ListingView, Report, verify
+from sterling.sdk.pools import pool_schema
 from sterling.sdk.trust import Trust
 from sterling.storage.blobs import BlobStore, fetch_verified
 from sterling.storage.manifest import load_manifest
+
+if TYPE_CHECKING:
+    from sterling.index import MarketIndex
 
 ZERO = "0x0000000000000000000000000000000000000000"
 
@@ -58,7 +62,7 @@ def listing_views(
             quote = market.quote(consumer, lid, micro)
         views[lid] = ListingView(
             listing_id=lid,
-            schema=manifest.schema,
+            schema=pool_schema(market, listing, manifest.schema),
             max_epsilon_per_job=from_micro(listing.terms.max_epsilon_per_job),
             remaining_epsilon=from_micro(listing.budget.remaining),
             delta=from_delta(listing.budget.delta),
@@ -145,11 +149,13 @@ def submit_job(
     *,
     trust: Trust,
     enclave: str | None = None,
+    index: MarketIndex | None = None,
 ) -> Submitted:
     """Verify `job`, seal its body to the enclave, store it, escrow its price and submit it.
 
     The body is sealed only to an enclave `trust` admits whose measurement every listing's pin
-    allows (`sterling.sdk.trust.choose_enclave`), never merely the newest one registered.
+    allows (`sterling.sdk.trust.choose_enclave`), never merely the newest one registered;
+    with an `index`, the candidates come from it rather than the chain's event history.
 
     Nothing is stored or spent unless the verifier accepts the job and every provider's
     published contract (run here, in the same sandbox the enclave uses) accepts it; the
@@ -171,7 +177,7 @@ def submit_job(
             + "; ".join(f"listing {lid}: {why}" for lid, why in refusals.items())
         )
     pins = [market.listing(lid).terms.pinned_measurement for lid in asks]
-    target = choose_enclave(market, enclave, trust=trust, pins=pins)
+    target = choose_enclave(market, enclave, trust=trust, pins=pins, index=index)
     micro = [round(a.epsilon * 10**6) for a in job.listings]
     ids = [a.listing_id for a in job.listings]
     quotes = [market.quote(consumer.address, lid, m) for lid, m in zip(ids, micro, strict=True)]

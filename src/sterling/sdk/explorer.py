@@ -1,18 +1,23 @@
 """The chain as an explorer shows it: blocks, transactions (pending and mined), events, enclaves.
 
-Everything is read from the node through web3 and the Marketplace's ABI; transactions to the
-Marketplace are decoded to the function they call. Values are made JSON-safe: bytes as 0x-hex,
+Blocks and transactions are read from the node through web3 and the Marketplace's ABI;
+transactions to the Marketplace are decoded to the function they call. Events and enclaves are
+pages of the market index (`sterling.index`), which follows the events once instead of every
+request reading them all from block 0. Values are made JSON-safe: bytes as 0x-hex,
 integers beyond 2^53 (wei) as decimal strings.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sterling.chain.marketplace import Marketplace
 from sterling.chain.types import Event
 from sterling.errors import NotFound, UsageError
+
+if TYPE_CHECKING:
+    from sterling.index import MarketIndex
 
 SAFE_INT = 2**53
 #: Event arguments that are wei: always decimal strings, so a page never gets a number for one and a
@@ -60,25 +65,21 @@ def event_json(ev: Event) -> dict[str, Any]:
 
 
 def events(
-    market: Marketplace,
+    index: MarketIndex,
     *,
-    name: str | None = None,
+    kind: str | None = None,
     job_id: int | None = None,
     listing_id: int | None = None,
-    limit: int = 100,
-) -> list[dict[str, Any]]:
-    """The Marketplace's events, newest first, optionally only one name, job or listing."""
-    found = market.job_events(job_id) if job_id is not None else market.events()
-    out = []
-    for ev in reversed(found):
-        if name and ev.name != name:
-            continue
-        if listing_id is not None and ev.args.get("listing_id") != listing_id:
-            continue
-        out.append(event_json(ev))
-        if len(out) >= limit:
-            break
-    return out
+    page: int = 1,
+    per_page: int = 50,
+) -> dict[str, Any]:
+    """A page of the deployment's events, newest first, optionally one name, job or listing."""
+    from sterling.index import EventQuery
+
+    found = index.events(
+        EventQuery(kind=kind, job_id=job_id, listing_id=listing_id, page=page, per_page=per_page)
+    )
+    return found.map(lambda item: item)
 
 
 # ------------------------------------------------------------------ blocks and transactions
@@ -198,23 +199,19 @@ def simulated(market: Marketplace, state_dir: Path) -> bool:
     ).address == market.attestation_signer()
 
 
-def enclaves(market: Marketplace, state_dir: Path) -> list[dict[str, Any]]:
-    """Every enclave that ever registered, newest first, with whether it is live and simulated."""
+def enclaves(
+    market: Marketplace, state_dir: Path, index: MarketIndex, *, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The enclaves that registered (at most `limit`), newest first, with whether each is still live
+    (asked of the chain, so a revoked measurement shows at once) and simulated."""
     sim = simulated(market, state_dir)
-    seen: dict[str, None] = {}
-    for ev in reversed(market.events()):
-        if ev.name == "EnclaveRegistered":
-            seen.setdefault(str(ev.args["enclave"]), None)
-    out = []
-    for address in seen:
-        e = market.enclave(address)
-        out.append(
-            {
-                "address": e.address,
-                "measurement": "0x" + e.measurement.hex(),
-                "registered": market.is_enclave(address),
-                "simulated": sim,
-                "hpke_public_key": "0x" + e.hpke_public_key.hex(),
-            }
-        )
-    return out
+    return [
+        {
+            "address": e.address,
+            "measurement": "0x" + e.measurement.hex(),
+            "registered": e.registered and market.is_enclave(e.address),
+            "simulated": sim,
+            "hpke_public_key": "0x" + e.hpke_public_key.hex(),
+        }
+        for e in index.enclaves(limit=limit)
+    ]

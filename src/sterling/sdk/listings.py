@@ -8,7 +8,7 @@ browses. Nothing here is secret: the manifest is public and content-addressed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sterling.chain.marketplace import Marketplace
 from sterling.chain.types import ZERO32, ZERO_ADDRESS, Listing
@@ -16,6 +16,9 @@ from sterling.chain.units import from_delta, from_micro
 from sterling.errors import NotFound, SterlingError
 from sterling.storage.blobs import fetch_verified, parse_address
 from sterling.storage.manifest import read_manifest
+
+if TYPE_CHECKING:
+    from sterling.index import ListingQuery, MarketIndex, Page
 
 SORT_KEYS = ("id", "price", "epsilon_left", "rows")
 
@@ -119,6 +122,18 @@ def summary(market: Marketplace, listing_id: int) -> ListingSummary:
     return ListingSummary(listing, _manifest_or_none(listing.data_uri))
 
 
+def page(index: MarketIndex, query: ListingQuery) -> Page[ListingSummary]:
+    """One page of listings from the index: filtered, searched, sorted on indexed columns, with the total.
+
+    The manifests come from the index's cache, so a page reads neither the chain nor storage.
+    """
+    from sterling.index import Page
+
+    found = index.listings(query)
+    items = [ListingSummary(row.listing, row.manifest) for row in found.items]
+    return Page(items, found.total, found.page, found.per_page)
+
+
 def summaries(
     market: Marketplace,
     *,
@@ -129,6 +144,8 @@ def summaries(
     descending: bool = False,
 ) -> list[ListingSummary]:
     """Every listing, filtered (open, modality, a text `query` over name, description and classes) and sorted.
+
+    It reads every listing and manifest from the chain and storage: for pages, use `page` (the index).
 
     `sort` is one of id, price (the price at the per-job ε cap), epsilon_left or rows.
     """

@@ -161,7 +161,9 @@ def seal_dataset(
         raise UsageError(f"unknown model families {', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
     contract = read_contract(contract_source)
     key = AESGCM.generate_key(bit_length=256)
-    ciphertext = store.put_bytes(container.encrypt_bytes(dataset.to_bytes(), key))
+    ciphertext = store.put_bytes(
+        container.encrypt_bytes(dataset.to_bytes(), key, chunk_size=container.ROW_CHUNK)
+    )
     contract_ref = store.put_bytes(contract) if contract is not None else None
     schema = dataset.schema.to_json()
     manifest = {
@@ -276,7 +278,7 @@ def encrypt_to_dir(
     key = AESGCM.generate_key(bit_length=256)
     try:
         save_secret(key_file, key, passphrase, kind="data-key", scrypt_n=scrypt_n)
-        blob = container.encrypt_bytes(dataset.to_bytes(), key)
+        blob = container.encrypt_bytes(dataset.to_bytes(), key, chunk_size=container.ROW_CHUNK)
         digest = hashlib.sha256(blob).digest()
         atomic_write(ciphertext, blob)
         doc = {

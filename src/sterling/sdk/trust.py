@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eth_utils.address import is_address, to_checksum_address
 
@@ -30,6 +30,9 @@ from sterling.chain.marketplace import Marketplace
 from sterling.chain.types import ZERO32, Enclave
 from sterling.errors import EnclaveError, NotFound, UsageError
 from sterling.files import atomic_write
+
+if TYPE_CHECKING:
+    from sterling.index import MarketIndex
 
 TRUST_FORMAT = "sterling.trust/1"
 #: The trust settings' file name in Sterling's home folder.
@@ -231,10 +234,29 @@ def attested(enclave: Enclave, signers: dict[str, tuple[str, int]]) -> AttestedE
     )
 
 
-def live_attested(market: Marketplace) -> list[AttestedEnclave]:
-    """The live enclaves, newest first, each with the signer that attested it."""
-    signers = attesting_signers(market)
-    return [attested(e, signers) for e in market.live_enclaves()]
+def live_attested(market: Marketplace, *, index: MarketIndex | None = None) -> list[AttestedEnclave]:
+    """The live enclaves, newest first, each with the signer that attested it.
+
+    With an `index`, candidates are its registered enclaves (synced first, so the cost does not
+    grow with the chain's history) and each is still confirmed live on the chain itself;
+    without one, the registry's events are read.
+    """
+    if index is None:
+        signers = attesting_signers(market)
+        return [attested(e, signers) for e in market.live_enclaves()]
+    index.sync(market)
+    out = []
+    rows = index.enclaves(registered_only=True, limit=100)
+    fallback = attesting_signers(market) if any(not row.signer for row in rows) else {}
+    for row in rows:
+        if not market.is_enclave(row.address):
+            continue
+        signer = row.signer or fallback.get(row.address, ("", 0))[0]
+        e = market.enclave(row.address)
+        out.append(
+            AttestedEnclave(e.address, e.measurement, e.hpke_public_key, e.registered, signer, row.block)
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -275,14 +297,20 @@ def _how_to_trust(e: AttestedEnclave) -> str:
 
 
 def choose_enclave(
-    market: Marketplace, address: str | None = None, *, trust: Trust, pins: Iterable[bytes] = ()
+    market: Marketplace,
+    address: str | None = None,
+    *,
+    trust: Trust,
+    pins: Iterable[bytes] = (),
+    index: MarketIndex | None = None,
 ) -> AttestedEnclave:
     """The enclave to seal to: the one named, else the newest live one that `trust` admits.
 
     An enclave qualifies only if its measurement and the signer that attested its registration
     are a pair in `trust`, and its measurement equals every non-empty pin in `pins` (the listings'
     pinned measurements). Raises UntrustedEnclave naming each candidate, its measurement, its
-    signer and the command that trusts it; NotFound when no enclave is live.
+    signer and the command that trusts it; NotFound when no enclave is live. With an `index`,
+    the candidates come from it (see `live_attested`).
     """
     pins = tuple(pins)
     if address is not None:
@@ -292,7 +320,7 @@ def choose_enclave(
             raise NotFound(f"{address} is not a registered enclave with an allowed measurement")
         candidates = [attested(market.enclave(address), attesting_signers(market))]
     else:
-        candidates = live_attested(market)
+        candidates = live_attested(market, index=index)
         if not candidates:
             raise NotFound(
                 "no registered enclave on this Marketplace to seal the data key to (start one first)"

@@ -183,3 +183,41 @@ def fetch_verified(uri: str, sha256: bytes, **storage_options: Any) -> bytes:
     if hashlib.sha256(data).digest() != sha256:
         raise IntegrityError(f"blob at {uri} is corrupt: its content hash differs from the published one")
     return data
+
+
+def blob_size(uri: str, **storage_options: Any) -> int | None:
+    """The size in bytes of the blob at `uri`, or None when its file system cannot tell."""
+    if "://" not in uri:
+        raise UsageError(f"a blob URI needs a scheme (file://, memory://, s3://, ...): {uri!r}")
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options)
+    try:
+        size = fs.size(path)
+    except FileNotFoundError:
+        raise NotFound(f"no blob at {uri}") from None
+    return None if size is None else int(size)
+
+
+def fetch_verified_to(uri: str, sha256: bytes, dst: IO[bytes], **storage_options: Any) -> int:
+    """Stream the blob at `uri` into `dst` in blocks, hashing as it goes; returns its length.
+
+    Raises `IntegrityError` when the hash differs: `dst` then holds unverified bytes and the
+    caller must discard it (a temporary file).
+    """
+    if "://" not in uri:
+        raise UsageError(f"a blob URI needs a scheme (file://, memory://, s3://, ...): {uri!r}")
+    digest, total = hashlib.sha256(), 0
+    try:
+        with fsspec.open(uri, "rb", **storage_options) as fh:
+            while block := fh.read(_STREAM_BLOCK):
+                digest.update(block)
+                dst.write(block)
+                total += len(block)
+    except FileNotFoundError:
+        raise NotFound(f"no blob at {uri}") from None
+    if digest.digest() != sha256:
+        raise IntegrityError(f"blob at {uri} is corrupt: its content hash differs from the published one")
+    dst.flush()
+    return total
+
+
+_STREAM_BLOCK = 1 << 22

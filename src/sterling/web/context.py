@@ -1,9 +1,10 @@
-"""What every request handler shares: the Marketplace, the blob store, the dev accounts, a write lock.
+"""What every request handler shares: the Marketplace, the index, the blob store, dev accounts, a write lock.
 
 A `WebContext` is built once, before the app: `sterling serve` connects to a node
 (`WebContext.connect`); tests build one over an embedded chain. Chain writes (publish, submit,
 cancel) from concurrent requests take `write_lock`, so two requests signing as one account never
-race for a nonce; reads run concurrently.
+race for a nonce; reads run concurrently. Lists are read from one `MarketIndex` per app, synced
+incrementally before each read (a look at the chain's head when nothing happened).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sterling.chain.marketplace import Marketplace
 from sterling.config import Settings
 from sterling.crypto.keys import derived_x25519
 from sterling.errors import UsageError
+from sterling.index import MarketIndex
 from sterling.sdk.trust import Trust, TrustFile
 from sterling.storage.blobs import BlobStore
 
@@ -40,9 +42,22 @@ class WebContext:
     #: Seconds between keep-alive comments on an idle event stream.
     keepalive_seconds: float = 15.0
     write_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: The index database (None: SQLite in Sterling's home, or in `state_dir` without settings).
+    index_url: str | None = None
+    _index: MarketIndex | None = field(default=None, repr=False)
+    _index_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _keys: dict[str, X25519PrivateKey] = field(default_factory=dict, repr=False)
     #: Decrypted results of completed jobs (they never change), so a polling page decrypts once.
     results: dict[int, dict[str, Any] | None] = field(default_factory=dict, repr=False)
+
+    def indexed(self) -> MarketIndex:
+        """The app's index, brought up to the chain's head first (cheap when nothing changed)."""
+        with self._index_lock:
+            if self._index is None:
+                home = self.settings.home if self.settings is not None else self.state_dir
+                self._index = MarketIndex.open(self.index_url, home=home)
+        self._index.sync(self.market)
+        return self._index
 
     @property
     def accounts(self) -> list[LocalAccount]:
@@ -86,6 +101,7 @@ class WebContext:
         state: Path | None,
         store: str | None = None,
         max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB,
+        index_url: str | None = None,
     ) -> WebContext:
         """Connect as the CLI does: options, then $STERLING_RPC_URL and the recorded deployment."""
         from sterling.cli.common import connect_market
@@ -97,4 +113,5 @@ class WebContext:
             state_dir=state or settings.chain_state,
             settings=settings,
             max_upload_bytes=max_upload_mb << 20,
+            index_url=index_url,
         )

@@ -1,13 +1,16 @@
-"""What routes share: the context, typed request fields, and wei amounts."""
+"""What routes share: the context, typed request fields, wei amounts, and page bounds."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from sterling.index import MAX_PER_PAGE
 from sterling.web.context import WebContext
+from sterling.web.errors import ApiError
 
 
 def ctx(request: Request) -> WebContext:
@@ -38,3 +41,23 @@ class Body(BaseModel):
 
 class AccountBody(Body):
     account: Account
+
+
+@dataclass(frozen=True)
+class Paging:
+    page: int
+    per_page: int
+
+
+def paging(page: int = 1, per_page: int = 50) -> Paging:
+    """`?page=&per_page=`: 422 naming the bound when the page is below 1 or the size above MAX_PER_PAGE."""
+    if page < 1:
+        raise ApiError(422, f"page must be at least 1, got {page}", field="page")
+    if not 1 <= per_page <= MAX_PER_PAGE:
+        raise ApiError(
+            422, f"per_page must be from 1 to {MAX_PER_PAGE} (MAX_PER_PAGE), got {per_page}", field="per_page"
+        )
+    return Paging(page, per_page)
+
+
+Paged = Annotated[Paging, Depends(paging)]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query
 
 from sterling.sdk import explorer
 from sterling.web.context import WebContext
-from sterling.web.routes.deps import ctx
+from sterling.web.routes.deps import ctx, paging
 
 router = APIRouter(tags=["explorer"])
 Ctx = Annotated[WebContext, Depends(ctx)]
@@ -43,16 +43,32 @@ def transaction(c: Ctx, tx_hash: str) -> dict[str, Any]:
 @router.get("/explorer/events")
 def events(
     c: Ctx,
-    name: str = "",
+    kind: Annotated[str, Query(max_length=64)] = "",
+    job: Annotated[int | None, Query(ge=1)] = None,
+    listing: Annotated[int | None, Query(ge=1)] = None,
+    page: int = 1,
+    per_page: int | None = None,
+    name: Annotated[str, Query(max_length=64)] = "",
     job_id: Annotated[int | None, Query(ge=1)] = None,
     listing_id: Annotated[int | None, Query(ge=1)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[dict[str, Any]]:
-    """The Marketplace's events, newest first; filter by event name, job or listing."""
-    return explorer.events(c.market, name=name or None, job_id=job_id, listing_id=listing_id, limit=limit)
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """A page of the deployment's events, newest first; filter by event `kind`, `job` or `listing`
+    (`name`, `job_id`, `listing_id` and `limit` are the older names of the filters and `per_page`)."""
+    paged = paging(page, per_page if per_page is not None else limit if limit is not None else 50)
+    return explorer.events(
+        c.indexed(),
+        kind=kind or name or None,
+        job_id=job if job is not None else job_id,
+        listing_id=listing if listing is not None else listing_id,
+        page=paged.page,
+        per_page=paged.per_page,
+    )
 
 
 @router.get("/enclaves")
-def enclaves(c: Ctx) -> list[dict[str, Any]]:
-    """Every enclave that registered: measurement, whether still registered, whether simulated."""
-    return explorer.enclaves(c.market, c.state_dir)
+def enclaves(c: Ctx, limit: int = 100) -> list[dict[str, Any]]:
+    """The enclaves that registered, newest first (at most `limit`, up to MAX_PER_PAGE): measurement,
+    whether still registered, whether simulated."""
+    bounded = paging(1, limit).per_page
+    return explorer.enclaves(c.market, c.state_dir, c.indexed(), limit=bounded)

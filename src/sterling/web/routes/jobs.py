@@ -15,12 +15,13 @@ from starlette.concurrency import run_in_threadpool
 
 from sterling.chain.types import JobState
 from sterling.errors import EnclaveError, NotFound, UsageError
+from sterling.index import EventQuery, JobQuery, JobRow
 from sterling.sdk import consumer, jobview
 from sterling.sdk.editor import check_text, from_report
 from sterling.web.context import WebContext
 from sterling.web.errors import ApiError
 from sterling.web.routes.contracts import MAX_JOB_TEXT
-from sterling.web.routes.deps import Account, AccountBody, Body, ctx
+from sterling.web.routes.deps import Account, AccountBody, Body, Paged, ctx
 
 router = APIRouter(tags=["jobs"])
 Ctx = Annotated[WebContext, Depends(ctx)]
@@ -75,7 +76,13 @@ def submit(c: Ctx, req: SubmitBody) -> dict[str, Any]:
     with c.write_lock:
         try:
             done = consumer.submit_job(
-                c.market, account, c.consumer_key(account), job, c.store, trust=c.client_trust()
+                c.market,
+                account,
+                c.consumer_key(account),
+                job,
+                c.store,
+                trust=c.client_trust(),
+                index=c.indexed(),
             )
         except consumer.JobRejected as exc:  # the chain moved between the check and the lock
             raise _refused(str(exc), from_report(job, exc.report, req.text).to_json()) from None
@@ -92,9 +99,20 @@ def submit(c: Ctx, req: SubmitBody) -> dict[str, Any]:
 
 
 @router.get("/jobs")
-def all_jobs(c: Ctx) -> list[dict[str, Any]]:
-    """Every job, newest first, with its latest training step and ε spent."""
-    return jobview.job_summaries(c.market)
+def all_jobs(c: Ctx, paged: Paged) -> dict[str, Any]:
+    """A page of jobs, newest first, each with its latest training step and ε spent."""
+    return c.indexed().jobs(JobQuery(page=paged.page, per_page=paged.per_page)).map(JobRow.to_json)
+
+
+@router.get("/jobs/{job_id}/events")
+def job_events(c: Ctx, job_id: int, paged: Paged) -> dict[str, Any]:
+    """A page of one job's events, newest first; 404 for an unknown job."""
+    c.market.job(job_id)  # NotFound -> 404
+    return (
+        c.indexed()
+        .events(EventQuery(job_id=job_id, page=paged.page, per_page=paged.per_page))
+        .map(lambda e: e)
+    )
 
 
 @router.get("/jobs/{job_id}")

@@ -1,4 +1,8 @@
-"""The marketplace: chain status, dev accounts, listings (with previews), and templates."""
+"""The marketplace: chain status, dev accounts, listings (pages from the index, with previews), and templates.
+
+Lists answer one page: `{"items": [...], "total": N, "page": P, "per_page": K, "pages": M}`;
+`per_page` above `MAX_PER_PAGE` or `page` below 1 is refused with 422 naming the bound.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
+from sterling.index import JobQuery, ListingQuery
 from sterling.sdk import explorer, listings
 from sterling.web.context import WebContext
-from sterling.web.routes.deps import ctx
+from sterling.web.routes.deps import Paged, ctx
 
 router = APIRouter(tags=["market"])
 Ctx = Annotated[WebContext, Depends(ctx)]
@@ -52,8 +57,14 @@ def status(c: Ctx) -> dict[str, Any]:
 def accounts(c: Ctx) -> list[dict[str, Any]]:
     """The local chain's dev accounts, with ether, Marketplace balance and what they have done here."""
     m = c.market
-    providers = {item.provider for item in m.listings()}
-    consumers = {job.consumer for job in m.jobs()}
+    index = c.indexed()
+
+    def provider(address: str) -> bool:
+        return index.listings(ListingQuery(provider=address, per_page=1)).total > 0
+
+    def consumer(address: str) -> bool:
+        return index.jobs(JobQuery(consumer=address, per_page=1)).total > 0
+
     admin = m.admin()
     out = []
     for i, account in enumerate(c.accounts):
@@ -62,9 +73,9 @@ def accounts(c: Ctx) -> list[dict[str, Any]]:
             "admin"
             if address == admin
             else "provider"
-            if address in providers
+            if provider(address)
             else "consumer"
-            if address in consumers
+            if consumer(address)
             else None
         )
         out.append(
@@ -82,22 +93,31 @@ def accounts(c: Ctx) -> list[dict[str, Any]]:
 @router.get("/listings")
 def all_listings(
     c: Ctx,
+    paged: Paged,
+    q: Annotated[str, Query(max_length=200)] = "",
+    provider: str = "",
+    open_: Annotated[bool | None, Query(alias="open")] = None,
     open_only: bool = False,
+    class_: Annotated[str, Query(alias="class", max_length=200)] = "",
     modality: Annotated[Literal["", "tabular", "image"], Query()] = "",
-    q: str = "",
-    sort: Literal["id", "price", "epsilon_left", "rows"] = "id",
+    sort: Literal["id", "price", "published", "epsilon_left", "rows"] = "id",
     order: Literal["asc", "desc"] = "asc",
-) -> list[dict[str, Any]]:
-    """Every listing, filtered and sorted; `price` sorts by the price at the per-job ε cap."""
-    found = listings.summaries(
-        c.market,
-        open_only=open_only,
+) -> dict[str, Any]:
+    """A page of listings: full-text search `q` over names, descriptions and classes, filtered by
+    provider, open (`open_only` is the older name), class and modality, sorted on an indexed
+    column; `price` sorts by the price at the per-job ε cap."""
+    query = ListingQuery(
+        q=q,
+        provider=provider or None,
+        open_only=open_only if open_ is None else open_,
+        class_name=class_ or None,
         modality=modality or None,
-        query=q,
         sort=sort,
         descending=order == "desc",
+        page=paged.page,
+        per_page=paged.per_page,
     )
-    return [item.to_json() for item in found]
+    return listings.page(c.indexed(), query).map(lambda item: item.to_json())
 
 
 @router.get("/listings/{listing_id}")
